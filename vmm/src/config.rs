@@ -1,0 +1,203 @@
+//! What a microVM is made of, as given on the command line or in a JSON file, and its validation.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::arch::layout::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+
+/// The kernel command line used when none is given.
+pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
+/// vCPUs when none are given.
+pub const DEFAULT_VCPUS: u8 = 1;
+/// Memory when none is given.
+pub const DEFAULT_MEMORY_MIB: u64 = 128;
+
+/// Where the guest's serial console goes.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum SerialOutput {
+    #[default]
+    Stdout,
+    File(PathBuf),
+    None,
+}
+
+impl std::str::FromStr for SerialOutput {
+    type Err = std::convert::Infallible;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Ok(match s {
+            "stdout" => SerialOutput::Stdout,
+            "none" => SerialOutput::None,
+            path => SerialOutput::File(PathBuf::from(path)),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for SerialOutput {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        Ok(s.parse().unwrap_or_default())
+    }
+}
+
+/// A microVM's configuration.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmConfig {
+    /// Uncompressed ELF kernel (`vmlinux`).
+    pub kernel: PathBuf,
+    /// Initial ramdisk (newc cpio), if any.
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default = "default_cmdline")]
+    pub cmdline: String,
+    /// Number of vCPUs.
+    #[serde(default = "default_vcpus")]
+    pub vcpus: u8,
+    /// Guest memory in MiB.
+    #[serde(default = "default_memory_mib")]
+    pub memory_mib: u64,
+    /// Where the serial console goes: `stdout`, `none` or a file path.
+    #[serde(default)]
+    pub serial_out: SerialOutput,
+    /// Forward the VMM's standard input to the guest's serial console.
+    #[serde(default)]
+    pub serial_in: bool,
+}
+
+fn default_cmdline() -> String {
+    DEFAULT_CMDLINE.to_owned()
+}
+fn default_vcpus() -> u8 {
+    DEFAULT_VCPUS
+}
+fn default_memory_mib() -> u64 {
+    DEFAULT_MEMORY_MIB
+}
+
+/// Errors in a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {source}")]
+    ParseFile {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("no kernel given (--kernel, or \"kernel\" in the config file)")]
+    NoKernel,
+    #[error("kernel {0} does not exist or is not a regular file")]
+    KernelMissing(PathBuf),
+    #[error("initrd {0} does not exist or is not a regular file")]
+    InitrdMissing(PathBuf),
+    #[error("vCPU count must be between 1 and {MAX_VCPUS}, not {0}")]
+    Vcpus(u8),
+    #[error("memory must be between {MIN_MEMORY_MIB} MiB and {MAX_MEMORY_MIB} MiB, not {0} MiB")]
+    Memory(u64),
+}
+
+impl VmConfig {
+    /// A configuration with defaults for everything but the kernel.
+    pub fn with_kernel(kernel: PathBuf) -> Self {
+        Self {
+            kernel,
+            initrd: None,
+            cmdline: default_cmdline(),
+            vcpus: DEFAULT_VCPUS,
+            memory_mib: DEFAULT_MEMORY_MIB,
+            serial_out: SerialOutput::default(),
+            serial_in: false,
+        }
+    }
+
+    /// Reads a JSON configuration file.
+    pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::ReadFile {
+            path: path.to_owned(),
+            source,
+        })?;
+        serde_json::from_str(&text).map_err(|source| ConfigError::ParseFile {
+            path: path.to_owned(),
+            source,
+        })
+    }
+
+    /// Checks everything that can be checked before touching KVM.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kernel.as_os_str().is_empty() {
+            return Err(ConfigError::NoKernel);
+        }
+        if !self.kernel.is_file() {
+            return Err(ConfigError::KernelMissing(self.kernel.clone()));
+        }
+        if let Some(initrd) = &self.initrd {
+            if !initrd.is_file() {
+                return Err(ConfigError::InitrdMissing(initrd.clone()));
+            }
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            return Err(ConfigError::Vcpus(self.vcpus));
+        }
+        if !(MIN_MEMORY_MIB..=MAX_MEMORY_MIB).contains(&self.memory_mib) {
+            return Err(ConfigError::Memory(self.memory_mib));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn existing_kernel() -> VmConfig {
+        // Any regular file passes the existence check.
+        VmConfig::with_kernel(PathBuf::from("/proc/self/exe").canonicalize().unwrap())
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        existing_kernel().validate().unwrap();
+    }
+
+    #[test]
+    fn rejects_bad_counts_and_sizes_with_the_value_named() {
+        let mut c = existing_kernel();
+        c.vcpus = 0;
+        assert_eq!(c.validate().unwrap_err().to_string(), "vCPU count must be between 1 and 32, not 0");
+        c.vcpus = 33;
+        assert!(matches!(c.validate(), Err(ConfigError::Vcpus(33))));
+        c.vcpus = 2;
+        c.memory_mib = 4;
+        assert!(c.validate().unwrap_err().to_string().contains("not 4 MiB"));
+        c.memory_mib = MAX_MEMORY_MIB + 1;
+        assert!(matches!(c.validate(), Err(ConfigError::Memory(_))));
+    }
+
+    #[test]
+    fn rejects_missing_files() {
+        let c = VmConfig::with_kernel(PathBuf::from("/nonexistent/vmlinux"));
+        assert!(c.validate().unwrap_err().to_string().contains("/nonexistent/vmlinux"));
+        let mut c = existing_kernel();
+        c.initrd = Some(PathBuf::from("/nonexistent/initrd"));
+        assert!(matches!(c.validate(), Err(ConfigError::InitrdMissing(_))));
+    }
+
+    #[test]
+    fn parses_json_with_defaults_and_rejects_unknown_fields() {
+        let c: VmConfig =
+            serde_json::from_str(r#"{"kernel": "/k", "vcpus": 2, "serial_out": "none"}"#).unwrap();
+        assert_eq!(c.vcpus, 2);
+        assert_eq!(c.memory_mib, DEFAULT_MEMORY_MIB);
+        assert_eq!(c.serial_out, SerialOutput::None);
+        assert_eq!(c.cmdline, DEFAULT_CMDLINE);
+        let err = serde_json::from_str::<VmConfig>(r#"{"kernel": "/k", "vcpu": 2}"#).unwrap_err();
+        assert!(err.to_string().contains("unknown field `vcpu`"), "{err}");
+    }
+}

@@ -1,0 +1,5 @@
+//! Emulated devices.
+
+pub mod guest_report;
+pub mod i8042;
+pub mod serial;

@@ -1,0 +1,95 @@
+//! `skiff-vmm`: boots one microVM and exits with the guest's status.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::Context;
+use clap::Parser;
+
+use vmm::config::{SerialOutput, VmConfig};
+use vmm::exit::EXIT_VMM_ERROR;
+use vmm::microvm::MicroVm;
+
+/// Boots one KVM microVM and exits with the status the guest reports.
+///
+/// Exit status: the guest's own (0-255) when guest-init reports one; 0 when the guest powers
+/// off; 125 when the guest crashes (kernel panic, triple fault, KVM emulation failure, guest-init
+/// panic); 1 when the VMM fails.
+#[derive(Debug, Parser)]
+#[command(name = "skiff-vmm", version)]
+struct Args {
+    /// JSON configuration file; flags given on the command line override its values.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Uncompressed ELF kernel (vmlinux).
+    #[arg(long, value_name = "VMLINUX")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk (newc cpio).
+    #[arg(long, value_name = "CPIO")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line [default: "console=ttyS0 reboot=k panic=-1 quiet"].
+    #[arg(long)]
+    cmdline: Option<String>,
+    /// Number of vCPUs [default: 1].
+    #[arg(long)]
+    vcpus: Option<u8>,
+    /// Guest memory in MiB [default: 128].
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// Serial console output: stdout, none, or a file path [default: stdout].
+    #[arg(long, value_name = "stdout|none|FILE")]
+    serial_out: Option<SerialOutput>,
+    /// Forward standard input to the guest's serial console.
+    #[arg(long)]
+    serial_in: bool,
+}
+
+impl Args {
+    fn into_config(self) -> anyhow::Result<VmConfig> {
+        let mut config = match &self.config {
+            Some(path) => VmConfig::from_file(path)?,
+            None => VmConfig::with_kernel(PathBuf::new()),
+        };
+        if let Some(kernel) = self.kernel {
+            config.kernel = kernel;
+        }
+        if self.initrd.is_some() {
+            config.initrd = self.initrd;
+        }
+        if let Some(cmdline) = self.cmdline {
+            config.cmdline = cmdline;
+        }
+        if let Some(vcpus) = self.vcpus {
+            config.vcpus = vcpus;
+        }
+        if let Some(memory_mib) = self.memory_mib {
+            config.memory_mib = memory_mib;
+        }
+        if let Some(serial_out) = self.serial_out {
+            config.serial_out = serial_out;
+        }
+        config.serial_in |= self.serial_in;
+        Ok(config)
+    }
+}
+
+fn run(started: Instant) -> anyhow::Result<i32> {
+    let config = Args::parse().into_config()?;
+    let vm = MicroVm::build(&config, started).context("cannot start the microVM")?;
+    let outcome = vm.run()?;
+    eprintln!("skiff-vmm: {}", outcome.message);
+    Ok(outcome.code)
+}
+
+fn main() {
+    let started = Instant::now();
+    let code = match run(started) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("skiff-vmm: error: {e:#}");
+            EXIT_VMM_ERROR
+        }
+    };
+    // vCPU threads may still be inside KVM_RUN: end the process without joining them.
+    std::process::exit(code)
+}

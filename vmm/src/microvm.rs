@@ -1,0 +1,241 @@
+//! Assembles a microVM from a [`VmConfig`] — memory, kernel, boot structures, devices, vCPUs — and
+//! runs it until the guest stops.
+
+use std::fs::File;
+use std::io::{LineWriter, Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+use crate::arch::{boot, memory, mptable, paging, regs};
+use crate::bus::{lock, Bus, BusError};
+use crate::config::{ConfigError, SerialOutput, VmConfig};
+use crate::devices::guest_report::{GuestReport, REPORT_PORT_BASE, REPORT_PORT_LEN};
+use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
+use crate::devices::serial::{
+    ConsoleTail, ConsoleWriter, IrqTrigger, SerialDevice, SERIAL_IRQ, SERIAL_PORT_BASE,
+    SERIAL_PORT_LEN,
+};
+use crate::exit::{ExitSignal, Outcome};
+use crate::vcpu::{Vcpu, VcpuError};
+use crate::vm::{Vm, VmError};
+
+/// Errors building or running a microVM.
+#[derive(Debug, thiserror::Error)]
+pub enum MicroVmError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    #[error("{requested} vCPUs requested but KVM allows at most {max} per VM")]
+    TooManyVcpus { requested: u8, max: usize },
+    #[error(transparent)]
+    Memory(#[from] memory::MemoryError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Mptable(#[from] mptable::MptableError),
+    #[error("cannot write boot page tables: {0}")]
+    PageTables(#[source] vm_memory::GuestMemoryError),
+    #[error(transparent)]
+    Regs(#[from] regs::RegsError),
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    #[error(transparent)]
+    Bus(#[from] BusError),
+    #[error("cannot open serial output {path}: {source}")]
+    SerialOutput {
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Host {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn host(what: &'static str) -> impl FnOnce(std::io::Error) -> MicroVmError {
+    move |source| MicroVmError::Host { what, source }
+}
+
+/// A microVM ready to run.
+pub struct MicroVm {
+    // Field order is drop order: vCPUs and the VM go before the memory they map.
+    vcpus: Vec<Vcpu>,
+    _vm: Vm,
+    _memory: GuestMemoryMmap,
+    exit: Arc<ExitSignal>,
+    serial: Arc<Mutex<SerialDevice>>,
+    console_tail: Arc<Mutex<ConsoleTail>>,
+    serial_in: bool,
+}
+
+impl MicroVm {
+    /// Builds the VM described by `config`. `started` is when the VMM process started (the boot
+    /// timer measures from it).
+    pub fn build(config: &VmConfig, started: Instant) -> Result<Self, MicroVmError> {
+        config.validate()?;
+        let cmdline = boot::parse_cmdline(&config.cmdline)?;
+
+        let vm = Vm::new()?;
+        if usize::from(config.vcpus) > vm.max_vcpus() {
+            return Err(MicroVmError::TooManyVcpus {
+                requested: config.vcpus,
+                max: vm.max_vcpus(),
+            });
+        }
+        let mem_size = config.memory_mib << 20;
+        let mem = memory::create_guest_memory(mem_size)?;
+        vm.register_memory(&mem)?;
+        vm.setup_interrupt_controllers()?;
+
+        // Boot structures.
+        let kernel = boot::load_kernel(&mem, &config.kernel)?;
+        let initrd = match &config.initrd {
+            Some(path) => Some(boot::load_initrd(&mem, path, kernel.end)?),
+            None => None,
+        };
+        boot::write_cmdline(&mem, &cmdline)?;
+        let cmdline_len = cmdline
+            .as_cstring()
+            .map(|c| c.as_bytes().len())
+            .map_err(boot::BootError::Cmdline)?;
+        boot::write_boot_params(&mem, &boot::build_boot_params(mem_size, cmdline_len, initrd)?)?;
+        mptable::write(&mem, config.vcpus)?;
+        paging::write_identity_page_tables(&mem).map_err(MicroVmError::PageTables)?;
+        regs::write_gdt_and_idt(&mem)?;
+
+        // Legacy devices on the port I/O bus.
+        let exit = Arc::new(ExitSignal::new().map_err(host("cannot create the exit eventfd"))?);
+        let console_tail = Arc::new(Mutex::new(ConsoleTail::default()));
+        let serial_irq = EventFd::new(EFD_NONBLOCK).map_err(host("cannot create an eventfd"))?;
+        vm.fd()
+            .register_irqfd(&serial_irq, SERIAL_IRQ)
+            .map_err(|source| VmError::Kvm {
+                op: "IRQFD",
+                source,
+            })?;
+        let out = serial_writer(&config.serial_out)?;
+        let serial = Arc::new(Mutex::new(SerialDevice::new(
+            IrqTrigger(serial_irq),
+            ConsoleWriter::new(out, console_tail.clone()),
+        )));
+        let mut pio = Bus::new();
+        pio.insert(SERIAL_PORT_BASE, SERIAL_PORT_LEN, serial.clone())?;
+        pio.insert(
+            I8042_PORT_BASE,
+            I8042_PORT_LEN,
+            Arc::new(Mutex::new(I8042::new(exit.clone()))),
+        )?;
+        pio.insert(
+            REPORT_PORT_BASE,
+            REPORT_PORT_LEN,
+            Arc::new(Mutex::new(GuestReport::new(started, exit.clone()))),
+        )?;
+        let pio = Arc::new(pio);
+        let mmio = Arc::new(Bus::new());
+
+        let supported = vm.supported_cpuid()?;
+        let vcpus = (0..config.vcpus)
+            .map(|index| {
+                let vcpu = Vcpu::new(vm.fd(), index, pio.clone(), mmio.clone(), exit.clone())?;
+                vcpu.configure(&supported, config.vcpus, kernel.entry)?;
+                Ok(vcpu)
+            })
+            .collect::<Result<Vec<_>, MicroVmError>>()?;
+
+        Ok(Self {
+            vcpus,
+            _vm: vm,
+            _memory: mem,
+            exit,
+            serial,
+            console_tail,
+            serial_in: config.serial_in,
+        })
+    }
+
+    /// Runs the guest until it stops; returns `skiff-vmm`'s exit status and why.
+    pub fn run(mut self) -> Result<Outcome, MicroVmError> {
+        let epoll = Epoll::new().map_err(host("cannot create epoll"))?;
+        const EXIT_TOKEN: u64 = 0;
+        const STDIN_TOKEN: u64 = 1;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                self.exit.event().as_raw_fd(),
+                EpollEvent::new(EventSet::IN, EXIT_TOKEN),
+            )
+            .map_err(host("cannot watch the exit eventfd"))?;
+        let mut stdin_open = self.serial_in
+            && epoll
+                .ctl(
+                    ControlOperation::Add,
+                    libc::STDIN_FILENO,
+                    EpollEvent::new(EventSet::IN, STDIN_TOKEN),
+                )
+                .is_ok();
+
+        for vcpu in self.vcpus.drain(..) {
+            // The threads run until the process exits: the VM is torn down with it.
+            vcpu.start()?;
+        }
+
+        let mut events = vec![EpollEvent::default(); 4];
+        loop {
+            let n = match epoll.wait(-1, &mut events) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(host("epoll_wait failed")(e)),
+            };
+            for event in &events[..n] {
+                match event.data() {
+                    EXIT_TOKEN => {
+                        if let Some(exit) = self.exit.get() {
+                            lock(&self.serial).flush();
+                            return Ok(exit.outcome(&lock(&self.console_tail).text()));
+                        }
+                    }
+                    STDIN_TOKEN if stdin_open => {
+                        let mut buf = [0u8; 64];
+                        match std::io::stdin().lock().read(&mut buf) {
+                            Ok(0) | Err(_) => {
+                                let _ = epoll.ctl(
+                                    ControlOperation::Delete,
+                                    libc::STDIN_FILENO,
+                                    EpollEvent::default(),
+                                );
+                                stdin_open = false;
+                            }
+                            Ok(n) => {
+                                lock(&self.serial).enqueue_input(&buf[..n]);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+}
+
+fn serial_writer(out: &SerialOutput) -> Result<Option<Box<dyn Write + Send>>, MicroVmError> {
+    Ok(match out {
+        SerialOutput::Stdout => Some(Box::new(std::io::stdout())),
+        SerialOutput::None => None,
+        SerialOutput::File(path) => {
+            let file = File::create(path).map_err(|source| MicroVmError::SerialOutput {
+                path: path.clone(),
+                source,
+            })?;
+            Some(Box::new(LineWriter::new(file)))
+        }
+    })
+}
