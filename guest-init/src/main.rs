@@ -1,0 +1,47 @@
+//! skiff-init: PID 1 of a Skiff microVM. It tells the VMM it started (the boot timer), mounts the
+//! pseudo-filesystems, prints a banner with what the guest sees, and reports its exit status to
+//! the VMM before resetting the machine. A panic is reported as a crash; init never hangs the VM.
+
+mod host_port;
+mod mounts;
+mod power;
+mod settings;
+mod system_info;
+
+use settings::Settings;
+
+/// Exit status when init itself fails (mounts, settings).
+const INIT_FAILURE: u8 = 1;
+
+fn run() -> Result<u8, Box<dyn std::error::Error>> {
+    mounts::mount_pseudo_filesystems()?;
+    let info = system_info::read();
+    println!("skiff-init: {info}");
+    let cmdline = std::fs::read_to_string("/proc/cmdline")?;
+    let settings = Settings::from_cmdline(&cmdline)?;
+    Ok(settings.exit_status)
+}
+
+fn main() {
+    // First action: the boot timer stops here.
+    let ported = host_port::enable();
+    host_port::report_boot();
+    println!(
+        "skiff-init: started{}",
+        if ported { "" } else { " (no report port access)" }
+    );
+    std::panic::set_hook(Box::new(|info| {
+        eprintln!("skiff-init: panic: {info}");
+        host_port::report_panic();
+        power::reset();
+    }));
+    if std::process::id() != 1 {
+        eprintln!("skiff-init: must run as PID 1");
+        std::process::exit(i32::from(INIT_FAILURE));
+    }
+    let status = run().unwrap_or_else(|e| {
+        eprintln!("skiff-init: error: {e}");
+        INIT_FAILURE
+    });
+    power::finish(status)
+}

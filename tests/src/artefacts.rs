@@ -1,0 +1,111 @@
+//! Where the things the end-to-end tests boot are, and what happens when they are missing: a
+//! clear failure naming the set-up step, or — only with `SKIFF_ALLOW_SKIP=1` — a visible skip.
+
+use std::path::{Path, PathBuf};
+
+/// The workspace root (this crate lives in `tests/`).
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// Where release binaries are (`SKIFF_BIN_DIR`, or `target/release`).
+pub fn bin_dir() -> PathBuf {
+    std::env::var_os("SKIFF_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/release"))
+}
+
+/// The build artefacts a test needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Artefact {
+    /// `target/guest/vmlinux`
+    GuestKernel,
+    /// `target/guest/initramfs.cpio`
+    GuestInitramfs,
+    /// `target/test-host/vmlinux`
+    TestHostKernel,
+    /// `skiff-vmm` (release build)
+    SkiffVmm,
+    /// `skiff-bootbench` (release build)
+    BootBench,
+}
+
+impl Artefact {
+    pub fn path(self) -> PathBuf {
+        let root = workspace_root();
+        match self {
+            Artefact::GuestKernel => root.join("target/guest/vmlinux"),
+            Artefact::GuestInitramfs => root.join("target/guest/initramfs.cpio"),
+            Artefact::TestHostKernel => root.join("target/test-host/vmlinux"),
+            Artefact::SkiffVmm => bin_dir().join("skiff-vmm"),
+            Artefact::BootBench => bin_dir().join("skiff-bootbench"),
+        }
+    }
+
+    fn how_to_make(self) -> &'static str {
+        match self {
+            Artefact::GuestKernel | Artefact::GuestInitramfs | Artefact::TestHostKernel => {
+                "run scripts/setup.sh"
+            }
+            Artefact::SkiffVmm | Artefact::BootBench => "run cargo build --release --workspace",
+        }
+    }
+}
+
+/// True when missing prerequisites may skip a test instead of failing it.
+pub fn skips_allowed() -> bool {
+    std::env::var("SKIFF_ALLOW_SKIP").is_ok_and(|v| v == "1")
+}
+
+/// What a test needs that may be missing on this machine.
+pub enum Need {
+    Artefact(Artefact),
+    /// `/dev/kvm`, openable read-write.
+    Kvm,
+    /// A program on PATH.
+    Program(&'static str),
+}
+
+impl Need {
+    /// `None` when satisfied, otherwise why not.
+    fn missing(&self) -> Option<String> {
+        match self {
+            Need::Artefact(a) => (!a.path().is_file())
+                .then(|| format!("{} is missing ({})", a.path().display(), a.how_to_make())),
+            Need::Kvm => std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open("/dev/kvm")
+                .err()
+                .map(|e| format!("/dev/kvm cannot be opened: {e}")),
+            Need::Program(name) => (!on_path(name))
+                .then(|| format!("{name} is not installed (run scripts/setup.sh)")),
+        }
+    }
+}
+
+fn on_path(name: &str) -> bool {
+    std::env::var_os("PATH").is_some_and(|paths| {
+        std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
+    })
+}
+
+/// Checks a test's prerequisites. Returns false (after saying so on stderr) when the test should
+/// be skipped, which is only allowed with `SKIFF_ALLOW_SKIP=1`; otherwise panics naming what is
+/// missing.
+pub fn require(test: &str, needs: &[Need]) -> bool {
+    let missing: Vec<String> = needs.iter().filter_map(Need::missing).collect();
+    if missing.is_empty() {
+        return true;
+    }
+    let why = missing.join("; ");
+    if skips_allowed() {
+        eprintln!("SKIPPED {test}: {why} (SKIFF_ALLOW_SKIP=1)");
+        false
+    } else {
+        panic!("{test} cannot run: {why}. Set SKIFF_ALLOW_SKIP=1 to skip instead.");
+    }
+}

@@ -1,0 +1,7 @@
+//! Harnesses for Skiff's verification ladder: artefact lookup (and the skip policy), running
+//! processes with deadlines, QEMU TCG runs of the guest, and the nested test host.
+
+pub mod artefacts;
+pub mod nested;
+pub mod process;
+pub mod qemu;

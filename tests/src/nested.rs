@@ -1,0 +1,231 @@
+//! The nested test host (verification level 4): our test-host kernel, with KVM built in, booted
+//! under `qemu-system-x86_64 -M q35,accel=tcg -cpu max` (QEMU emulates AMD SVM there, so KVM works
+//! inside). Its initramfs holds busybox, the binaries and files a test adds, and a script; the
+//! script runs as the host's init work and its exit status comes back with the console output.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use images::initramfs::{Initramfs, InitramfsError};
+
+use crate::artefacts::{workspace_root, Artefact};
+use crate::process::{run_with_timeout, ProcessError};
+
+/// Where busybox (Debian's `busybox-static`) is.
+const BUSYBOX: &str = "/bin/busybox";
+/// Printed by the host's init with the script's exit status.
+const EXIT_MARKER: &str = "SKIFF-NESTED-EXIT=";
+
+/// The nested host's init: mounts what a VMM host needs, runs /test.sh, reports, powers off.
+const HOST_INIT: &str = r#"#!/bin/busybox sh
+/bin/busybox --install -s /bin
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/skiff
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+mount -t tmpfs -o mode=1777 tmpfs /tmp
+mkdir -p /sys/fs/cgroup /dev/pts /run
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
+mount -t devpts devpts /dev/pts
+ip link set lo up 2>/dev/null
+cd /tmp
+sh /test.sh
+echo "SKIFF-NESTED-EXIT=$?"
+poweroff -f
+reboot -f
+"#;
+
+/// Errors running the nested host.
+#[derive(Debug, thiserror::Error)]
+pub enum NestedError {
+    #[error(transparent)]
+    Initramfs(#[from] InitramfsError),
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+    #[error("cannot prepare {path}: {source}")]
+    Prepare {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the nested host did not finish within {timeout:?}; console so far:\n{console}")]
+    Timeout { timeout: Duration, console: String },
+    #[error("the nested host stopped without reporting the script's status (QEMU exit {code:?}); console:\n{console}\nstderr:\n{stderr}")]
+    NoStatus {
+        code: Option<i32>,
+        console: String,
+        stderr: String,
+    },
+}
+
+/// What came back from a nested run.
+#[derive(Debug, Clone)]
+pub struct NestedRun {
+    /// Everything the host printed on its console.
+    pub console: String,
+    /// The script's exit status.
+    pub status: i32,
+    /// Wall time of the whole run.
+    pub elapsed: Duration,
+}
+
+impl NestedRun {
+    /// The output of the case `name` written with [`case`], and its exit status.
+    pub fn case(&self, name: &str) -> Option<(String, i32)> {
+        let begin = format!("=== begin {name}\n");
+        let end = format!("=== end {name} status=");
+        let start = self.console.find(&begin)? + begin.len();
+        let rest = &self.console[start..];
+        let stop = rest.find(&end)?;
+        let status = rest[stop + end.len()..]
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()?;
+        Some((rest[..stop].to_owned(), status))
+    }
+}
+
+/// A shell fragment running `command` as the case `name` (output and status recoverable with
+/// [`NestedRun::case`]).
+pub fn case(name: &str, command: &str) -> String {
+    format!("echo '=== begin {name}'\n{command} 2>&1\necho \"=== end {name} status=$?\"\n")
+}
+
+/// A nested host being prepared.
+pub struct NestedHost {
+    fs: Initramfs,
+    memory_mib: u32,
+    cpus: u32,
+    timeout: Duration,
+}
+
+impl NestedHost {
+    /// A host with busybox only.
+    pub fn new() -> Result<Self, NestedError> {
+        let mut fs = Initramfs::new();
+        fs.host_file("bin/busybox", Path::new(BUSYBOX), Some(0o755))?;
+        fs.file_bytes("init", 0o755, HOST_INIT.as_bytes())?;
+        fs.char_device("dev/console", 0o600, 5, 1)?;
+        for dir in ["proc", "sys", "tmp", "run", "etc"] {
+            fs.dir(dir, 0o755)?;
+        }
+        Ok(Self {
+            fs,
+            memory_mib: 2048,
+            cpus: 2,
+            timeout: Duration::from_secs(600),
+        })
+    }
+
+    /// A host with `skiff-vmm` and the guest kernel and initramfs at `/skiff/`.
+    pub fn with_skiff() -> Result<Self, NestedError> {
+        let mut host = Self::new()?;
+        host.binary("skiff/skiff-vmm", &Artefact::SkiffVmm.path())?;
+        host.file("skiff/vmlinux", &Artefact::GuestKernel.path())?;
+        host.file("skiff/initramfs.cpio", &Artefact::GuestInitramfs.path())?;
+        Ok(host)
+    }
+
+    /// Adds a host file at `path` inside the nested host.
+    pub fn file(&mut self, path: &str, host_path: &Path) -> Result<&mut Self, NestedError> {
+        self.fs.host_file(path, host_path, None)?;
+        Ok(self)
+    }
+
+    /// Adds a dynamically linked host binary and its shared libraries.
+    pub fn binary(&mut self, path: &str, host_path: &Path) -> Result<&mut Self, NestedError> {
+        self.fs.host_binary(path, host_path)?;
+        Ok(self)
+    }
+
+    /// Adds a file with the given content.
+    pub fn bytes(&mut self, path: &str, mode: u32, content: &[u8]) -> Result<&mut Self, NestedError> {
+        self.fs.file_bytes(path, mode, content)?;
+        Ok(self)
+    }
+
+    pub fn memory_mib(&mut self, mib: u32) -> &mut Self {
+        self.memory_mib = mib;
+        self
+    }
+
+    pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Boots the host, runs `script` with `sh`, and returns the console and the script's status.
+    pub fn run(&self, script: &str) -> Result<NestedRun, NestedError> {
+        let dir = workspace_root().join("target/nested");
+        std::fs::create_dir_all(&dir).map_err(|source| NestedError::Prepare {
+            path: dir.clone(),
+            source,
+        })?;
+        let initrd = dir.join(format!("host-{}-{:?}.cpio", std::process::id(), std::thread::current().id()));
+        let mut fs = self.fs.clone();
+        fs.file_bytes("test.sh", 0o755, script.as_bytes())?;
+        fs.write_to(&initrd)?;
+        let result = run_with_timeout(
+            Command::new("qemu-system-x86_64")
+                .args(["-M", "q35,accel=tcg", "-cpu", "max"])
+                .args(["-m", &self.memory_mib.to_string()])
+                .args(["-smp", &self.cpus.to_string()])
+                .args(["-no-reboot", "-nodefaults", "-no-user-config", "-nographic"])
+                .args(["-serial", "stdio"])
+                .arg("-kernel")
+                .arg(Artefact::TestHostKernel.path())
+                .arg("-initrd")
+                .arg(&initrd)
+                .args(["-append", "console=ttyS0 panic=-1 quiet rdinit=/init"]),
+            self.timeout,
+        );
+        let _ = std::fs::remove_file(&initrd);
+        let finished = result?;
+        let console = finished.stdout.replace("\r\n", "\n");
+        if finished.timed_out {
+            return Err(NestedError::Timeout {
+                timeout: self.timeout,
+                console,
+            });
+        }
+        let status = console
+            .lines()
+            .rev()
+            .find_map(|l| l.trim().strip_prefix(EXIT_MARKER))
+            .and_then(|s| s.trim().parse().ok());
+        match status {
+            Some(status) => Ok(NestedRun {
+                console,
+                status,
+                elapsed: finished.elapsed,
+            }),
+            None => Err(NestedError::NoStatus {
+                code: finished.code,
+                console,
+                stderr: finished.stderr,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cases_are_recovered_from_the_console() {
+        let run = NestedRun {
+            console: "noise\n=== begin a\nhello\n=== end a status=7\n=== begin b\n=== end b status=0\n"
+                .into(),
+            status: 0,
+            elapsed: Duration::ZERO,
+        };
+        assert_eq!(run.case("a"), Some(("hello\n".into(), 7)));
+        assert_eq!(run.case("b"), Some((String::new(), 0)));
+        assert_eq!(run.case("c"), None);
+        assert!(case("x", "true").contains("=== end x status=$?"));
+    }
+}
