@@ -18,7 +18,13 @@ fn main() {
     let elf = out.join("test-guest.elf");
     run(Command::new("as").arg("--64").arg("-o").arg(&obj).arg(&src));
     run(Command::new("ld")
-        .args(["-m", "elf_x86_64", "-static", "-nostdlib", "--build-id=none"])
+        .args([
+            "-m",
+            "elf_x86_64",
+            "-static",
+            "-nostdlib",
+            "--build-id=none",
+        ])
         .args(["-Ttext=0x100000", "-e", "_start", "-o"])
         .arg(&elf)
         .arg(&obj));

@@ -19,6 +19,9 @@ fn run() -> Result<u8, Box<dyn std::error::Error>> {
     println!("skiff-init: {info}");
     let cmdline = std::fs::read_to_string("/proc/cmdline")?;
     let settings = Settings::from_cmdline(&cmdline)?;
+    if settings.panic {
+        panic!("skiff.panic was given");
+    }
     Ok(settings.exit_status)
 }
 
@@ -28,7 +31,11 @@ fn main() {
     host_port::report_boot();
     println!(
         "skiff-init: started{}",
-        if ported { "" } else { " (no report port access)" }
+        if ported {
+            ""
+        } else {
+            " (no report port access)"
+        }
     );
     std::panic::set_hook(Box::new(|info| {
         eprintln!("skiff-init: panic: {info}");

@@ -27,7 +27,12 @@ const MOUNTS: [(&str, &str, libc::c_ulong, &str); 4] = [
     ("proc", "/proc", NOSUID_NODEV_NOEXEC, ""),
     ("sysfs", "/sys", NOSUID_NODEV_NOEXEC, ""),
     ("devtmpfs", "/dev", libc::MS_NOSUID, "mode=0755"),
-    ("tmpfs", "/tmp", libc::MS_NOSUID | libc::MS_NODEV, "mode=1777"),
+    (
+        "tmpfs",
+        "/tmp",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        "mode=1777",
+    ),
 ];
 
 fn cstr(s: &str) -> CString {
@@ -38,7 +43,8 @@ fn cstr(s: &str) -> CString {
 /// Mounts /proc, /sys, /dev (devtmpfs) and /tmp.
 pub fn mount_pseudo_filesystems() -> Result<(), MountError> {
     for (fstype, target, flags, options) in MOUNTS {
-        std::fs::create_dir_all(target).map_err(|source| MountError::MountPoint { target, source })?;
+        std::fs::create_dir_all(target)
+            .map_err(|source| MountError::MountPoint { target, source })?;
         let (src, tgt, fst, opts) = (cstr(fstype), cstr(target), cstr(fstype), cstr(options));
         // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
         let rc = unsafe {

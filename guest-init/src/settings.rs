@@ -14,6 +14,8 @@ pub enum SettingsError {
 pub struct Settings {
     /// Exit status to report when done (`skiff.exit`), for testing the VMM's exit path.
     pub exit_status: u8,
+    /// Panic on purpose (`skiff.panic`), for testing that a crashing init is reported.
+    pub panic: bool,
 }
 
 /// Splits a command line into words; double quotes group words containing spaces.
@@ -61,6 +63,7 @@ impl Settings {
                         .parse()
                         .map_err(|_| SettingsError::ExitStatus(value.to_owned()))?
                 }
+                "panic" => settings.panic = true,
                 _ => return Err(SettingsError::Unknown(key.to_owned())),
             }
         }
@@ -76,7 +79,10 @@ mod tests {
     fn reads_skiff_settings_and_ignores_kernel_words() {
         let s = Settings::from_cmdline("console=ttyS0 reboot=k skiff.exit=7 quiet").unwrap();
         assert_eq!(s.exit_status, 7);
-        assert_eq!(Settings::from_cmdline("quiet").unwrap(), Settings::default());
+        assert_eq!(
+            Settings::from_cmdline("quiet").unwrap(),
+            Settings::default()
+        );
     }
 
     #[test]

@@ -9,7 +9,9 @@ use std::io::{self, Write};
 /// Errors writing an archive.
 #[derive(Debug, thiserror::Error)]
 pub enum CpioError {
-    #[error("cpio entry name {0:?} is empty, absolute, or contains '..', '.', or an empty component")]
+    #[error(
+        "cpio entry name {0:?} is empty, absolute, or contains '..', '.', or an empty component"
+    )]
     BadName(String),
     #[error("cpio entry {name:?} is too large ({size} bytes; newc stores sizes in 32 bits)")]
     TooLarge { name: String, size: u64 },
@@ -139,7 +141,11 @@ impl<W: Write> CpioWriter<W> {
             name: name.to_owned(),
             size: data.len() as u64,
         })?;
-        let nlink = if header.mode & S_IFDIR == S_IFDIR { 2 } else { 1 };
+        let nlink = if header.mode & S_IFDIR == S_IFDIR {
+            2
+        } else {
+            1
+        };
         let ino = self.next_ino;
         self.next_ino += 1;
         self.header(name, header, ino, nlink, size)?;
@@ -160,18 +166,28 @@ impl<W: Write> CpioWriter<W> {
 pub(crate) mod tests {
     use super::*;
 
-    /// Parses a newc archive back into (name, mode, data, rdev) tuples: the reader the tests use.
-    pub fn parse(mut bytes: &[u8]) -> Vec<(String, u32, Vec<u8>, (u32, u32))> {
+    /// One parsed entry: (name, mode, data, rdev).
+    pub type Parsed = (String, u32, Vec<u8>, (u32, u32));
+
+    /// Parses a newc archive back into entries: the reader the tests use.
+    pub fn parse(mut bytes: &[u8]) -> Vec<Parsed> {
         let mut out = Vec::new();
         let mut offset = 0usize;
         loop {
             assert_eq!(&bytes[..6], b"070701", "magic at offset {offset}");
             let field = |i: usize| {
-                u32::from_str_radix(std::str::from_utf8(&bytes[6 + 8 * i..14 + 8 * i]).unwrap(), 16)
-                    .unwrap()
+                u32::from_str_radix(
+                    std::str::from_utf8(&bytes[6 + 8 * i..14 + 8 * i]).unwrap(),
+                    16,
+                )
+                .unwrap()
             };
-            let (mode, size, rdev, namesize) =
-                (field(1), field(6) as usize, (field(9), field(10)), field(11) as usize);
+            let (mode, size, rdev, namesize) = (
+                field(1),
+                field(6) as usize,
+                (field(9), field(10)),
+                field(11) as usize,
+            );
             let name = std::str::from_utf8(&bytes[110..110 + namesize - 1])
                 .unwrap()
                 .to_owned();
@@ -192,8 +208,10 @@ pub(crate) mod tests {
     fn round_trips_entries_with_alignment() {
         let mut w = CpioWriter::new(Vec::new());
         w.add("dev", Header::dir(0o755), &[]).unwrap();
-        w.add("dev/console", Header::char_device(0o600, 5, 1), &[]).unwrap();
-        w.add("init", Header::file(0o755), b"#!/bin/sh\necho hi\n").unwrap();
+        w.add("dev/console", Header::char_device(0o600, 5, 1), &[])
+            .unwrap();
+        w.add("init", Header::file(0o755), b"#!/bin/sh\necho hi\n")
+            .unwrap();
         w.add("bin/sh", Header::symlink(), b"busybox").unwrap();
         let bytes = w.finish().unwrap();
         assert_eq!(bytes.len() % 4, 0);
@@ -202,7 +220,10 @@ pub(crate) mod tests {
         assert_eq!(entries[0].1, S_IFDIR | 0o755);
         assert_eq!((entries[1].1, entries[1].3), (S_IFCHR | 0o600, (5, 1)));
         assert_eq!(entries[2].2, b"#!/bin/sh\necho hi\n");
-        assert_eq!((entries[3].1 & S_IFLNK, entries[3].2.as_slice()), (S_IFLNK, &b"busybox"[..]));
+        assert_eq!(
+            (entries[3].1 & S_IFLNK, entries[3].2.as_slice()),
+            (S_IFLNK, &b"busybox"[..])
+        );
     }
 
     #[test]
@@ -210,7 +231,10 @@ pub(crate) mod tests {
         for name in ["", "/init", "a/../b", "..", "a//b", "./a", "a/", "a\0b"] {
             let mut w = CpioWriter::new(Vec::new());
             assert!(
-                matches!(w.add(name, Header::file(0o644), b""), Err(CpioError::BadName(_))),
+                matches!(
+                    w.add(name, Header::file(0o644), b""),
+                    Err(CpioError::BadName(_))
+                ),
                 "{name:?}"
             );
         }

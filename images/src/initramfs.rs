@@ -81,14 +81,20 @@ impl Initramfs {
         let name = normalize(path)?;
         // Parents first: every proper prefix becomes a directory.
         let mut parent = String::new();
-        for component in name.split('/').collect::<Vec<_>>().split_last().map_or(&[][..], |(_, p)| p) {
+        for component in name
+            .split('/')
+            .collect::<Vec<_>>()
+            .split_last()
+            .map_or(&[][..], |(_, p)| p)
+        {
             if !parent.is_empty() {
                 parent.push('/');
             }
             parent.push_str(component);
             match self.entries.get(&parent) {
                 None => {
-                    self.entries.insert(parent.clone(), Entry::Dir { mode: 0o755 });
+                    self.entries
+                        .insert(parent.clone(), Entry::Dir { mode: 0o755 });
                 }
                 Some(Entry::Dir { .. }) => {}
                 Some(_) => return Err(InitramfsError::Conflict { path: parent }),
@@ -109,7 +115,12 @@ impl Initramfs {
         self.insert(path, Entry::Dir { mode })
     }
 
-    pub fn file_bytes(&mut self, path: &str, mode: u32, bytes: &[u8]) -> Result<(), InitramfsError> {
+    pub fn file_bytes(
+        &mut self,
+        path: &str,
+        mode: u32,
+        bytes: &[u8],
+    ) -> Result<(), InitramfsError> {
         self.insert(
             path,
             Entry::File {
@@ -121,7 +132,12 @@ impl Initramfs {
 
     /// Adds the host file `source` at `path`; its permissions are kept unless `mode` is given.
     /// Symlinks are followed: the archive holds the file's content.
-    pub fn host_file(&mut self, path: &str, source: &Path, mode: Option<u32>) -> Result<(), InitramfsError> {
+    pub fn host_file(
+        &mut self,
+        path: &str,
+        source: &Path,
+        mode: Option<u32>,
+    ) -> Result<(), InitramfsError> {
         let meta = std::fs::metadata(source).map_err(|e| InitramfsError::ReadHost {
             path: source.to_owned(),
             source: e,
@@ -145,7 +161,13 @@ impl Initramfs {
         )
     }
 
-    pub fn char_device(&mut self, path: &str, mode: u32, major: u32, minor: u32) -> Result<(), InitramfsError> {
+    pub fn char_device(
+        &mut self,
+        path: &str,
+        mode: u32,
+        major: u32,
+        minor: u32,
+    ) -> Result<(), InitramfsError> {
         self.insert(path, Entry::CharDevice { mode, major, minor })
     }
 
@@ -194,16 +216,16 @@ impl Initramfs {
                     };
                     cpio.add(name, Header::file(*mode), data)?;
                 }
-                Entry::Symlink { target } => cpio.add(name, Header::symlink(), target.as_bytes())?,
+                Entry::Symlink { target } => {
+                    cpio.add(name, Header::symlink(), target.as_bytes())?
+                }
                 Entry::CharDevice { mode, major, minor } => {
                     cpio.add(name, Header::char_device(*mode, *major, *minor), &[])?
                 }
             }
         }
         let writer = cpio.finish()?;
-        let file = writer
-            .into_inner()
-            .map_err(|e| write_err(e.into_error()))?;
+        let file = writer.into_inner().map_err(|e| write_err(e.into_error()))?;
         file.sync_all().map_err(write_err)?;
         std::fs::rename(&tmp, out).map_err(write_err)
     }
@@ -258,7 +280,8 @@ mod tests {
     #[test]
     fn parents_are_created_before_children() {
         let mut fs = Initramfs::new();
-        fs.file_bytes("/usr/lib/x/libfoo.so", 0o644, b"lib").unwrap();
+        fs.file_bytes("/usr/lib/x/libfoo.so", 0o644, b"lib")
+            .unwrap();
         fs.file_bytes("usr/bin/tool", 0o755, b"bin").unwrap();
         let out = temp("parents.cpio");
         fs.write_to(&out).unwrap();
@@ -302,7 +325,10 @@ mod tests {
     fn conflicting_kinds_are_refused() {
         let mut fs = Initramfs::new();
         fs.file_bytes("bin", 0o755, b"x").unwrap();
-        assert!(matches!(fs.dir("bin", 0o755), Err(InitramfsError::Conflict { .. })));
+        assert!(matches!(
+            fs.dir("bin", 0o755),
+            Err(InitramfsError::Conflict { .. })
+        ));
         assert!(matches!(
             fs.file_bytes("bin/sh", 0o755, b"x"),
             Err(InitramfsError::Conflict { .. })
@@ -326,6 +352,8 @@ mod tests {
     fn a_real_binary_brings_its_libraries() {
         let mut fs = Initramfs::new();
         fs.host_binary("bin/ls", Path::new("/bin/ls")).unwrap();
-        assert!(fs.contains("lib64/ld-linux-x86-64.so.2") || fs.contains("lib/ld-linux-x86-64.so.2"));
+        assert!(
+            fs.contains("lib64/ld-linux-x86-64.so.2") || fs.contains("lib/ld-linux-x86-64.so.2")
+        );
     }
 }

@@ -81,16 +81,16 @@ impl Need {
                 .open("/dev/kvm")
                 .err()
                 .map(|e| format!("/dev/kvm cannot be opened: {e}")),
-            Need::Program(name) => (!on_path(name))
-                .then(|| format!("{name} is not installed (run scripts/setup.sh)")),
+            Need::Program(name) => {
+                (!on_path(name)).then(|| format!("{name} is not installed (run scripts/setup.sh)"))
+            }
         }
     }
 }
 
 fn on_path(name: &str) -> bool {
-    std::env::var_os("PATH").is_some_and(|paths| {
-        std::env::split_paths(&paths).any(|dir| dir.join(name).is_file())
-    })
+    std::env::var_os("PATH")
+        .is_some_and(|paths| std::env::split_paths(&paths).any(|dir| dir.join(name).is_file()))
 }
 
 /// Checks a test's prerequisites. Returns false (after saying so on stderr) when the test should

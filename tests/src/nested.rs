@@ -142,7 +142,12 @@ impl NestedHost {
     }
 
     /// Adds a file with the given content.
-    pub fn bytes(&mut self, path: &str, mode: u32, content: &[u8]) -> Result<&mut Self, NestedError> {
+    pub fn bytes(
+        &mut self,
+        path: &str,
+        mode: u32,
+        content: &[u8],
+    ) -> Result<&mut Self, NestedError> {
         self.fs.file_bytes(path, mode, content)?;
         Ok(self)
     }
@@ -164,7 +169,11 @@ impl NestedHost {
             path: dir.clone(),
             source,
         })?;
-        let initrd = dir.join(format!("host-{}-{:?}.cpio", std::process::id(), std::thread::current().id()));
+        let initrd = dir.join(format!(
+            "host-{}-{:?}.cpio",
+            std::process::id(),
+            std::thread::current().id()
+        ));
         let mut fs = self.fs.clone();
         fs.file_bytes("test.sh", 0o755, script.as_bytes())?;
         fs.write_to(&initrd)?;
@@ -218,8 +227,9 @@ mod tests {
     #[test]
     fn cases_are_recovered_from_the_console() {
         let run = NestedRun {
-            console: "noise\n=== begin a\nhello\n=== end a status=7\n=== begin b\n=== end b status=0\n"
-                .into(),
+            console:
+                "noise\n=== begin a\nhello\n=== end a status=7\n=== begin b\n=== end b status=0\n"
+                    .into(),
             status: 0,
             elapsed: Duration::ZERO,
         };

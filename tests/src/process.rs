@@ -54,8 +54,18 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Result<Finished
             String::from_utf8_lossy(&bytes).into_owned()
         })
     };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let out = drain(
+        child
+            .stdout
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
+    let err = drain(
+        child
+            .stderr
+            .take()
+            .map(|p| Box::new(p) as Box<dyn Read + Send>),
+    );
     let wait_err = |source| ProcessError::Wait {
         program: program.clone(),
         source,

@@ -46,17 +46,34 @@ fn hello_guest_runs_in_long_mode_with_boot_params_and_reports_its_status() {
     }
     let run = boot_test_guest("hello", &["--memory-mib", "64"]);
     assert_eq!(run.code, Some(42), "{run:?}");
-    assert!(run.stdout.contains("skiff test guest: long mode ok\n"), "{}", run.stdout);
-    assert!(run.stdout.contains("cmdline: hello console=ttyS0\n"), "{}", run.stdout);
     assert!(
-        run.stdout.contains(&format!("ram: 0x{:016x}\n", e820_ram(64))),
+        run.stdout.contains("skiff test guest: long mode ok\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout.contains("cmdline: hello console=ttyS0\n"),
+        "{}",
+        run.stdout
+    );
+    assert!(
+        run.stdout
+            .contains(&format!("ram: 0x{:016x}\n", e820_ram(64))),
         "{}",
         run.stdout
     );
     assert!(run.stdout.contains("memory: ok\n"), "{}", run.stdout);
-    assert!(run.stderr.contains("boot: guest init after "), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("boot: guest init after "),
+        "{}",
+        run.stderr
+    );
     assert!(run.stderr.contains(" ms (VMM CPU "), "{}", run.stderr);
-    assert!(run.stderr.contains("guest exited with status 42"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("guest exited with status 42"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -106,7 +123,11 @@ fn triple_fault_is_reported_as_a_crash() {
     }
     let run = boot_test_guest("triple", &[]);
     assert_eq!(run.code, Some(125), "{run:?}");
-    assert!(run.stderr.contains("guest crashed: triple fault"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("guest crashed: triple fault"),
+        "{}",
+        run.stderr
+    );
 }
 
 #[test]
@@ -137,16 +158,26 @@ fn serial_output_can_go_to_a_file_and_config_can_come_from_json() {
     .unwrap();
     let run = vmm(&["--config", config.to_str().unwrap()]);
     assert_eq!(run.code, Some(42), "{run:?}");
-    assert!(run.stdout.is_empty(), "console went to the file: {}", run.stdout);
+    assert!(
+        run.stdout.is_empty(),
+        "console went to the file: {}",
+        run.stdout
+    );
     let console = std::fs::read_to_string(&serial).unwrap();
     assert!(console.contains("cmdline: hello from-json\n"), "{console}");
-    assert!(console.contains(&format!("ram: 0x{:016x}\n", e820_ram(48))), "{console}");
+    assert!(
+        console.contains(&format!("ram: 0x{:016x}\n", e820_ram(48))),
+        "{console}"
+    );
 
     // A flag overrides the file.
     let run = vmm(&["--config", config.to_str().unwrap(), "--memory-mib", "40"]);
     assert_eq!(run.code, Some(42), "{run:?}");
     let console = std::fs::read_to_string(&serial).unwrap();
-    assert!(console.contains(&format!("ram: 0x{:016x}\n", e820_ram(40))), "{console}");
+    assert!(
+        console.contains(&format!("ram: 0x{:016x}\n", e820_ram(40))),
+        "{console}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 }
 

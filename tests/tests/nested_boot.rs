@@ -17,17 +17,25 @@ fn vmm_case(name: &str, vcpus: u8, memory_mib: u32, extra_cmdline: &str) -> Stri
 }
 
 fn banner<'a>(output: &'a str, key: &str) -> Option<&'a str> {
-    let line = output.lines().find(|l| l.starts_with("skiff-init: Linux "))?;
+    let line = output
+        .lines()
+        .find(|l| l.starts_with("skiff-init: Linux "))?;
     line.split_whitespace()
         .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 fn check_boot(run: &NestedRun, name: &str, vcpus: u8, memory_mib: u64) {
-    let (out, status) = run.case(name).unwrap_or_else(|| panic!("case {name} missing:\n{}", run.console));
+    let (out, status) = run
+        .case(name)
+        .unwrap_or_else(|| panic!("case {name} missing:\n{}", run.console));
     assert_eq!(status, 0, "{name}: {out}");
     assert!(out.contains("skiff-init: started"), "{name}: {out}");
     assert!(out.contains("boot: guest init after "), "{name}: {out}");
-    assert_eq!(banner(&out, "cpus"), Some(vcpus.to_string().as_str()), "{name}: {out}");
+    assert_eq!(
+        banner(&out, "cpus"),
+        Some(vcpus.to_string().as_str()),
+        "{name}: {out}"
+    );
     let mem_kib: u64 = banner(&out, "memory")
         .and_then(|m| m.strip_suffix("KiB")?.parse().ok())
         .unwrap_or_else(|| panic!("{name}: no memory in banner: {out}"));
@@ -36,7 +44,10 @@ fn check_boot(run: &NestedRun, name: &str, vcpus: u8, memory_mib: u64) {
         (configured - 32 * 1024..=configured).contains(&mem_kib),
         "{name}: MemTotal {mem_kib} KiB for {memory_mib} MiB"
     );
-    assert!(out.contains("skiff-vmm: guest exited with status 0"), "{name}: {out}");
+    assert!(
+        out.contains("skiff-vmm: guest exited with status 0"),
+        "{name}: {out}"
+    );
 }
 
 #[test]
@@ -54,18 +65,26 @@ fn real_linux_guests_boot_on_skiff_vmm_in_the_nested_host() {
         return;
     }
     let script = [
-        case("kvm", "test -c /dev/kvm && grep -qw svm /proc/cpuinfo && echo kvm-ready"),
+        case(
+            "kvm",
+            "test -c /dev/kvm && grep -qw svm /proc/cpuinfo && echo kvm-ready",
+        ),
         vmm_case("small", 1, 128, ""),
         vmm_case("large", 2, 512, ""),
         vmm_case("exit7", 1, 128, "skiff.exit=7"),
         vmm_case("no-init", 1, 128, "rdinit=/nonexistent init=/nonexistent"),
+        vmm_case("init-panic", 1, 128, "skiff.panic"),
     ]
     .concat();
     let run = NestedHost::with_skiff().unwrap().run(&script).unwrap();
     eprintln!("nested run took {:?}", run.elapsed);
 
     let (kvm, _) = run.case("kvm").unwrap();
-    assert!(kvm.contains("kvm-ready"), "KVM inside the nested host: {}", run.console);
+    assert!(
+        kvm.contains("kvm-ready"),
+        "KVM inside the nested host: {}",
+        run.console
+    );
 
     check_boot(&run, "small", 1, 128);
     check_boot(&run, "large", 2, 512);
@@ -77,5 +96,8 @@ fn real_linux_guests_boot_on_skiff_vmm_in_the_nested_host() {
     // No init: the kernel panics, resets, and skiff-vmm reports the panic.
     let (out, status) = run.case("no-init").unwrap();
     assert_eq!(status, 125, "{out}");
-    assert!(out.contains("skiff-vmm: guest crashed: Kernel panic"), "{out}");
+    assert!(
+        out.contains("skiff-vmm: guest crashed: Kernel panic"),
+        "{out}"
+    );
 }

@@ -19,13 +19,20 @@ fn vmm(args: &[&str]) -> Finished {
 fn assert_clear_error(run: &Finished, expected: &str) {
     assert_eq!(run.code, Some(1), "{run:?}");
     assert!(run.stderr.contains("skiff-vmm: error:"), "{}", run.stderr);
-    assert!(run.stderr.contains(expected), "expected {expected:?} in {}", run.stderr);
+    assert!(
+        run.stderr.contains(expected),
+        "expected {expected:?} in {}",
+        run.stderr
+    );
     assert!(!run.stderr.contains("panicked"), "{}", run.stderr);
 }
 
 #[test]
 fn configuration_errors_are_clear() {
-    if !require("configuration_errors", &[Need::Artefact(Artefact::SkiffVmm)]) {
+    if !require(
+        "configuration_errors",
+        &[Need::Artefact(Artefact::SkiffVmm)],
+    ) {
         return;
     }
     let exe = Artefact::SkiffVmm.path();
@@ -35,22 +42,38 @@ fn configuration_errors_are_clear() {
         "kernel /nonexistent/vmlinux does not exist",
     );
     assert_clear_error(&vmm(&[]), "no kernel given");
-    assert_clear_error(&vmm(&["--kernel", exe, "--vcpus", "0"]), "vCPU count must be between 1 and 32, not 0");
+    assert_clear_error(
+        &vmm(&["--kernel", exe, "--vcpus", "0"]),
+        "vCPU count must be between 1 and 32, not 0",
+    );
     assert_clear_error(&vmm(&["--kernel", exe, "--vcpus", "200"]), "not 200");
-    assert_clear_error(&vmm(&["--kernel", exe, "--memory-mib", "8"]), "memory must be between 32 MiB");
+    assert_clear_error(
+        &vmm(&["--kernel", exe, "--memory-mib", "8"]),
+        "memory must be between 32 MiB",
+    );
     assert_clear_error(
         &vmm(&["--kernel", exe, "--initrd", "/nonexistent/initrd"]),
         "initrd /nonexistent/initrd does not exist",
     );
-    assert_clear_error(&vmm(&["--config", "/nonexistent.json"]), "cannot read config file /nonexistent.json");
-    assert_clear_error(&vmm(&["--kernel", exe, "--cmdline", "console=ttyS0\tquiet"]), "only printable ASCII");
+    assert_clear_error(
+        &vmm(&["--config", "/nonexistent.json"]),
+        "cannot read config file /nonexistent.json",
+    );
+    assert_clear_error(
+        &vmm(&["--kernel", exe, "--cmdline", "console=ttyS0\tquiet"]),
+        "only printable ASCII",
+    );
 }
 
 #[test]
 fn a_kernel_that_is_not_elf_or_does_not_fit_is_refused() {
     if !require(
         "kernel_errors",
-        &[Need::Kvm, Need::Artefact(Artefact::SkiffVmm), Need::Artefact(Artefact::GuestKernel)],
+        &[
+            Need::Kvm,
+            Need::Artefact(Artefact::SkiffVmm),
+            Need::Artefact(Artefact::GuestKernel),
+        ],
     ) {
         return;
     }

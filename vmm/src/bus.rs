@@ -132,7 +132,13 @@ mod tests {
         let mut bus = Bus::new();
         bus.insert(0x100, 0x10, Arc::new(Mutex::new(Recorder::default())))
             .unwrap();
-        for (base, len) in [(0x108, 0x10), (0xf8, 0x10), (0x100, 1), (0x200, 0), (u64::MAX, 2)] {
+        for (base, len) in [
+            (0x108, 0x10),
+            (0xf8, 0x10),
+            (0x100, 1),
+            (0x200, 0),
+            (u64::MAX, 2),
+        ] {
             assert!(
                 bus.insert(base, len, Arc::new(Mutex::new(Recorder::default())))
                     .is_err(),

@@ -170,7 +170,10 @@ mod tests {
     fn rejects_bad_counts_and_sizes_with_the_value_named() {
         let mut c = existing_kernel();
         c.vcpus = 0;
-        assert_eq!(c.validate().unwrap_err().to_string(), "vCPU count must be between 1 and 32, not 0");
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "vCPU count must be between 1 and 32, not 0"
+        );
         c.vcpus = 33;
         assert!(matches!(c.validate(), Err(ConfigError::Vcpus(33))));
         c.vcpus = 2;
@@ -183,7 +186,11 @@ mod tests {
     #[test]
     fn rejects_missing_files() {
         let c = VmConfig::with_kernel(PathBuf::from("/nonexistent/vmlinux"));
-        assert!(c.validate().unwrap_err().to_string().contains("/nonexistent/vmlinux"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent/vmlinux"));
         let mut c = existing_kernel();
         c.initrd = Some(PathBuf::from("/nonexistent/initrd"));
         assert!(matches!(c.validate(), Err(ConfigError::InitrdMissing(_))));

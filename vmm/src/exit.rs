@@ -140,11 +140,19 @@ mod tests {
 
     #[test]
     fn reset_after_a_kernel_panic_is_a_crash() {
-        let console = "[    1.0] boot\n[    2.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n";
+        let console =
+            "[    1.0] boot\n[    2.0] Kernel panic - not syncing: VFS: Unable to mount root fs\n";
         let out = GuestExit::Reset.outcome(console);
         assert_eq!(out.code, EXIT_GUEST_CRASHED);
-        assert!(out.message.contains("Unable to mount root fs"), "{}", out.message);
-        assert_eq!(GuestExit::Reset.outcome("reboot: Restarting system\n").code, 0);
+        assert!(
+            out.message.contains("Unable to mount root fs"),
+            "{}",
+            out.message
+        );
+        assert_eq!(
+            GuestExit::Reset.outcome("reboot: Restarting system\n").code,
+            0
+        );
     }
 
     #[test]
@@ -153,7 +161,10 @@ mod tests {
             GuestExit::TripleFault,
             GuestExit::InitPanicked,
             GuestExit::KvmInternalError { suberror: 1 },
-            GuestExit::FailEntry { reason: 0x21, cpu: 0 },
+            GuestExit::FailEntry {
+                reason: 0x21,
+                cpu: 0,
+            },
         ] {
             let out = exit.outcome("");
             assert_eq!(out.code, EXIT_GUEST_CRASHED);

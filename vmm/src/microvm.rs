@@ -107,7 +107,10 @@ impl MicroVm {
             .as_cstring()
             .map(|c| c.as_bytes().len())
             .map_err(boot::BootError::Cmdline)?;
-        boot::write_boot_params(&mem, &boot::build_boot_params(mem_size, cmdline_len, initrd)?)?;
+        boot::write_boot_params(
+            &mem,
+            &boot::build_boot_params(mem_size, cmdline_len, initrd)?,
+        )?;
         mptable::write(&mem, config.vcpus)?;
         paging::write_identity_page_tables(&mem).map_err(MicroVmError::PageTables)?;
         regs::write_gdt_and_idt(&mem)?;

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use kvm_bindings::{CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN};
+use kvm_bindings::{
+    CpuId, KVM_SYSTEM_EVENT_CRASH, KVM_SYSTEM_EVENT_RESET, KVM_SYSTEM_EVENT_SHUTDOWN,
+};
 use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 
 use crate::arch::{cpuid, regs};
@@ -147,7 +149,9 @@ impl Vcpu {
             },
             Ok(VcpuExit::Shutdown) => Next::Stop(GuestExit::TripleFault),
             Ok(VcpuExit::Hlt) => Next::Stop(GuestExit::Halted { vcpu }),
-            Ok(VcpuExit::FailEntry(reason, cpu)) => Next::Stop(GuestExit::FailEntry { reason, cpu }),
+            Ok(VcpuExit::FailEntry(reason, cpu)) => {
+                Next::Stop(GuestExit::FailEntry { reason, cpu })
+            }
             Ok(VcpuExit::InternalError) => Next::Stop(GuestExit::KvmInternalError {
                 suberror: self.internal_suberror(),
             }),

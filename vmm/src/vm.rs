@@ -100,7 +100,9 @@ impl Vm {
         self.fd
             .set_tss_address(KVM_TSS_ADDRESS as usize)
             .map_err(kvm_op("SET_TSS_ADDR"))?;
-        self.fd.create_irq_chip().map_err(kvm_op("CREATE_IRQCHIP"))?;
+        self.fd
+            .create_irq_chip()
+            .map_err(kvm_op("CREATE_IRQCHIP"))?;
         let pit = kvm_pit_config {
             flags: KVM_PIT_SPEAKER_DUMMY,
             ..Default::default()
@@ -108,4 +110,3 @@ impl Vm {
         self.fd.create_pit2(pit).map_err(kvm_op("CREATE_PIT2"))
     }
 }
-

@@ -28,7 +28,11 @@ pub enum BootError {
         source: linux_loader::loader::Error,
     },
     #[error("kernel {path} ends at {end:#x}, beyond the guest's {mem_mib} MiB of memory")]
-    KernelTooLarge { path: PathBuf, end: u64, mem_mib: u64 },
+    KernelTooLarge {
+        path: PathBuf,
+        end: u64,
+        mem_mib: u64,
+    },
     #[error("cannot open initrd {path}: {source}")]
     OpenInitrd {
         path: PathBuf,
@@ -79,15 +83,19 @@ pub fn load_kernel(mem: &GuestMemoryMmap, path: &Path) -> Result<LoadedKernel, B
         path: path.to_owned(),
         source,
     })?;
-    let result = Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(
-        |source| BootError::KernelFormat {
-            path: path.to_owned(),
-            source,
-        },
-    )?;
+    let result =
+        Elf::load(mem, None, &mut file, Some(GuestAddress(HIMEM_START))).map_err(|source| {
+            BootError::KernelFormat {
+                path: path.to_owned(),
+                source,
+            }
+        })?;
     // The segments' file parts were written (so they fit); their zero-filled tails must fit too.
     let end = result.kernel_end;
-    if mem.check_address(GuestAddress(end.saturating_sub(1))).is_none() {
+    if mem
+        .check_address(GuestAddress(end.saturating_sub(1)))
+        .is_none()
+    {
         return Err(BootError::KernelTooLarge {
             path: path.to_owned(),
             end,
@@ -125,12 +133,11 @@ pub fn load_initrd(
         })?
         .len();
     let low_ram_end = mem.iter().next().map_or(0, |r| r.start_addr().0 + r.len());
-    let addr = initrd_address(low_ram_end, kernel_end, size).ok_or_else(|| {
-        BootError::InitrdTooLarge {
+    let addr =
+        initrd_address(low_ram_end, kernel_end, size).ok_or_else(|| BootError::InitrdTooLarge {
             path: path.to_owned(),
             size,
-        }
-    })?;
+        })?;
     mem.read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|source| BootError::ReadInitrd {
             path: path.to_owned(),
@@ -203,7 +210,10 @@ mod tests {
 
     #[test]
     fn boot_params_carry_header_cmdline_initrd_and_e820() {
-        let initrd = InitrdPlacement { addr: 0x7f0_0000, size: 0x10_0123 };
+        let initrd = InitrdPlacement {
+            addr: 0x7f0_0000,
+            size: 0x10_0123,
+        };
         let p = build_boot_params(128 * MIB, 42, Some(initrd)).unwrap();
         assert_eq!({ p.hdr.boot_flag }, 0xaa55);
         assert_eq!({ p.hdr.header }, 0x5372_6448);
@@ -220,8 +230,15 @@ mod tests {
 
     #[test]
     fn initrd_goes_to_the_top_of_low_ram_page_aligned() {
-        assert_eq!(initrd_address(128 * MIB, 20 * MIB, 0x1800), Some(128 * MIB - 0x2000));
-        assert_eq!(initrd_address(128 * MIB, 120 * MIB, 16 * MIB), None, "overlaps the kernel");
+        assert_eq!(
+            initrd_address(128 * MIB, 20 * MIB, 0x1800),
+            Some(128 * MIB - 0x2000)
+        );
+        assert_eq!(
+            initrd_address(128 * MIB, 120 * MIB, 16 * MIB),
+            None,
+            "overlaps the kernel"
+        );
         assert_eq!(initrd_address(4 * MIB, 0, 8 * MIB), None, "larger than RAM");
     }
 
@@ -229,10 +246,13 @@ mod tests {
     fn non_elf_kernel_is_a_clear_error() {
         let mem = create_guest_memory(32 * MIB).unwrap();
         let mut f = tempfile();
-        f.1.write_all(b"this is not an ELF file at all, just text.......................").unwrap();
+        f.1.write_all(b"this is not an ELF file at all, just text.......................")
+            .unwrap();
         let err = load_kernel(&mem, &f.0).unwrap_err();
         assert!(matches!(err, BootError::KernelFormat { .. }), "{err}");
-        assert!(err.to_string().contains("not a loadable x86_64 ELF vmlinux"));
+        assert!(err
+            .to_string()
+            .contains("not a loadable x86_64 ELF vmlinux"));
         std::fs::remove_file(&f.0).unwrap();
     }
 
@@ -240,7 +260,9 @@ mod tests {
     fn missing_kernel_is_a_clear_error() {
         let mem = create_guest_memory(32 * MIB).unwrap();
         let err = load_kernel(&mem, Path::new("/nonexistent/vmlinux")).unwrap_err();
-        assert!(err.to_string().contains("cannot open kernel /nonexistent/vmlinux"));
+        assert!(err
+            .to_string()
+            .contains("cannot open kernel /nonexistent/vmlinux"));
     }
 
     #[test]

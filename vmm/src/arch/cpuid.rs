@@ -51,7 +51,8 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], index: u8, count: u8) {
                     let level = (entry.eax >> 5) & 0x7;
                     // L1 and L2 are per core; L3 is shared by the package.
                     let sharing = if level >= 3 { count - 1 } else { 0 };
-                    entry.eax = (entry.eax & 0x3ff) | ((sharing & 0xfff) << 14) | ((count - 1) << 26);
+                    entry.eax =
+                        (entry.eax & 0x3ff) | ((sharing & 0xfff) << 14) | ((count - 1) << 26);
                 }
             }
             LEAF_TOPOLOGY | LEAF_TOPOLOGY_V2 => {
@@ -82,7 +83,14 @@ pub fn normalize(entries: &mut [kvm_cpuid_entry2], index: u8, count: u8) {
 mod tests {
     use super::*;
 
-    fn entry(function: u32, index: u32, eax: u32, ebx: u32, ecx: u32, edx: u32) -> kvm_cpuid_entry2 {
+    fn entry(
+        function: u32,
+        index: u32,
+        eax: u32,
+        ebx: u32,
+        ecx: u32,
+        edx: u32,
+    ) -> kvm_cpuid_entry2 {
         kvm_cpuid_entry2 {
             function,
             index,
@@ -105,9 +113,9 @@ mod tests {
         vec![
             entry(0, 0, 0x1f, 0, 0, 0),
             entry(1, 0, 0x806f8, 0xff80_0800, 0x7ffa_3203, 0x178b_fbff),
-            entry(4, 0, 0x121, 0, 0, 0),    // L1d
-            entry(4, 1, 0x163, 0, 0, 0),    // L3
-            entry(4, 2, 0, 0, 0, 0),        // no more caches
+            entry(4, 0, 0x121, 0, 0, 0), // L1d
+            entry(4, 1, 0x163, 0, 0, 0), // L3
+            entry(4, 2, 0, 0, 0, 0),     // no more caches
             entry(0xb, 0, 1, 2, 0x100, 7),
             entry(0xb, 1, 4, 16, 0x201, 7),
             entry(0xb, 2, 0, 0, 2, 7),
@@ -138,9 +146,15 @@ mod tests {
         let mut e = host_like();
         normalize(&mut e, 2, 3);
         let smt = find(&e, 0xb, 0);
-        assert_eq!((smt.eax, smt.ebx, smt.ecx >> 8, smt.edx), (0, 1, LEVEL_TYPE_SMT, 2));
+        assert_eq!(
+            (smt.eax, smt.ebx, smt.ecx >> 8, smt.edx),
+            (0, 1, LEVEL_TYPE_SMT, 2)
+        );
         let core = find(&e, 0xb, 1);
-        assert_eq!((core.eax, core.ebx, core.ecx >> 8, core.edx), (2, 3, LEVEL_TYPE_CORE, 2));
+        assert_eq!(
+            (core.eax, core.ebx, core.ecx >> 8, core.edx),
+            (2, 3, LEVEL_TYPE_CORE, 2)
+        );
         let end = find(&e, 0xb, 2);
         assert_eq!((end.ebx, end.ecx >> 8), (0, 0));
     }

@@ -68,7 +68,10 @@ mod tests {
     #[test]
     fn data_and_tss_segments_decode() {
         let data = segment_from_gdt(BOOT_GDT[DATA_INDEX as usize], DATA_INDEX);
-        assert_eq!((data.selector, data.type_, data.db, data.l), (0x10, 0x3, 1, 0));
+        assert_eq!(
+            (data.selector, data.type_, data.db, data.l),
+            (0x10, 0x3, 1, 0)
+        );
         let tss = segment_from_gdt(BOOT_GDT[TSS_INDEX as usize], TSS_INDEX);
         assert_eq!((tss.selector, tss.type_, tss.s), (0x18, 0xb, 0));
     }

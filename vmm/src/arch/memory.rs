@@ -100,8 +100,16 @@ mod tests {
         assert_eq!(
             map,
             vec![
-                E820Entry { addr: 0, size: EBDA_START, kind: E820_RAM },
-                E820Entry { addr: HIMEM_START, size: 128 * MIB - HIMEM_START, kind: E820_RAM },
+                E820Entry {
+                    addr: 0,
+                    size: EBDA_START,
+                    kind: E820_RAM
+                },
+                E820Entry {
+                    addr: HIMEM_START,
+                    size: 128 * MIB - HIMEM_START,
+                    kind: E820_RAM
+                },
             ]
         );
         let total: u64 = e820_map(5000 * MIB).iter().map(|e| e.size).sum();

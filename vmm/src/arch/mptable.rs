@@ -87,7 +87,16 @@ pub fn build(vcpus: u8, base: u64) -> Result<Vec<u8>, MptableError> {
     entry_count += 1;
     for pin in 0..IOAPIC_PINS {
         // ISA IRQ n arrives on IOAPIC pin n (KVM's default routing), default polarity/trigger.
-        entries.extend_from_slice(&[ENTRY_IO_INTERRUPT, INT_TYPE_INT, 0, 0, 0, pin, ioapic_id, pin]);
+        entries.extend_from_slice(&[
+            ENTRY_IO_INTERRUPT,
+            INT_TYPE_INT,
+            0,
+            0,
+            0,
+            pin,
+            ioapic_id,
+            pin,
+        ]);
         entry_count += 1;
     }
     // The 8259 PIC's output on LINT0 of the boot CPU, NMI on LINT1 of every CPU.
@@ -166,7 +175,9 @@ mod tests {
         let config = &t[16..];
         let count = u16::from_le_bytes(config[34..36].try_into().unwrap());
         assert_eq!(count, 4 + 1 + 1 + u16::from(IOAPIC_PINS) + 2);
-        let cpus: Vec<&[u8]> = config[HEADER_SIZE..HEADER_SIZE + 4 * 20].chunks(20).collect();
+        let cpus: Vec<&[u8]> = config[HEADER_SIZE..HEADER_SIZE + 4 * 20]
+            .chunks(20)
+            .collect();
         for (i, cpu) in cpus.iter().enumerate() {
             assert_eq!(cpu[0], ENTRY_PROCESSOR);
             assert_eq!(cpu[1], i as u8, "APIC id");
@@ -176,7 +187,10 @@ mod tests {
         // The IOAPIC follows the bus entry and takes the first free APIC id.
         let ioapic = &config[HEADER_SIZE + 4 * 20 + 8..][..8];
         assert_eq!((ioapic[0], ioapic[1]), (ENTRY_IOAPIC, 4));
-        assert_eq!(u32::from_le_bytes(ioapic[4..8].try_into().unwrap()) as u64, IOAPIC_START);
+        assert_eq!(
+            u32::from_le_bytes(ioapic[4..8].try_into().unwrap()) as u64,
+            IOAPIC_START
+        );
     }
 
     #[test]
@@ -186,8 +200,14 @@ mod tests {
 
     #[test]
     fn rejects_zero_and_too_many_vcpus() {
-        assert!(matches!(build(0, EBDA_START), Err(MptableError::VcpuCount(0))));
-        assert!(matches!(build(MAX_VCPUS + 1, EBDA_START), Err(MptableError::VcpuCount(_))));
+        assert!(matches!(
+            build(0, EBDA_START),
+            Err(MptableError::VcpuCount(0))
+        ));
+        assert!(matches!(
+            build(MAX_VCPUS + 1, EBDA_START),
+            Err(MptableError::VcpuCount(_))
+        ));
     }
 
     #[test]

@@ -12,7 +12,9 @@ const PRESENT_RW_HUGE: u64 = 0x83;
 const ENTRIES: u64 = 512;
 
 /// Writes the boot page tables into guest memory; returns the value for CR3.
-pub fn write_identity_page_tables(mem: &GuestMemoryMmap) -> Result<u64, vm_memory::GuestMemoryError> {
+pub fn write_identity_page_tables(
+    mem: &GuestMemoryMmap,
+) -> Result<u64, vm_memory::GuestMemoryError> {
     mem.write_obj(PDPTE_START | PRESENT_RW, GuestAddress(PML4_START))?;
     mem.write_obj(PDE_START | PRESENT_RW, GuestAddress(PDPTE_START))?;
     for i in 0..ENTRIES {
@@ -28,7 +30,9 @@ mod tests {
 
     /// Walks the tables like the MMU would for a 2 MiB page and returns the physical address.
     fn translate(mem: &GuestMemoryMmap, cr3: u64, va: u64) -> Option<u64> {
-        let pml4e: u64 = mem.read_obj(GuestAddress(cr3 + ((va >> 39) & 0x1ff) * 8)).ok()?;
+        let pml4e: u64 = mem
+            .read_obj(GuestAddress(cr3 + ((va >> 39) & 0x1ff) * 8))
+            .ok()?;
         if pml4e & 1 == 0 {
             return None;
         }

@@ -18,7 +18,11 @@ pub enum RegsError {
         source: kvm_ioctls::Error,
     },
     #[error("KVM accepted only {set} of {wanted} boot MSRs (first refused: {refused:#x})")]
-    MsrsRefused { set: usize, wanted: usize, refused: u32 },
+    MsrsRefused {
+        set: usize,
+        wanted: usize,
+        refused: u32,
+    },
     #[error("cannot build the MSR list: {0:?}")]
     MsrList(vmm_sys_util::fam::Error),
     #[error("cannot write the GDT/IDT to guest memory: {0}")]
@@ -176,9 +180,17 @@ fn with_delivery_mode(lvt: u32, mode: u32) -> u32 {
 pub fn setup_lapic(vcpu: &VcpuFd) -> Result<(), RegsError> {
     let mut state = vcpu.get_lapic().map_err(kvm_op("GET_LAPIC"))?;
     let lvt0 = lapic_reg(&state, APIC_LVT0);
-    set_lapic_reg(&mut state, APIC_LVT0, with_delivery_mode(lvt0, APIC_MODE_EXTINT));
+    set_lapic_reg(
+        &mut state,
+        APIC_LVT0,
+        with_delivery_mode(lvt0, APIC_MODE_EXTINT),
+    );
     let lvt1 = lapic_reg(&state, APIC_LVT1);
-    set_lapic_reg(&mut state, APIC_LVT1, with_delivery_mode(lvt1, APIC_MODE_NMI));
+    set_lapic_reg(
+        &mut state,
+        APIC_LVT1,
+        with_delivery_mode(lvt1, APIC_MODE_NMI),
+    );
     vcpu.set_lapic(&state).map_err(kvm_op("SET_LAPIC"))
 }
 

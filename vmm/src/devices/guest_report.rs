@@ -102,7 +102,10 @@ fn guest_time() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
-    let ticks: u64 = rest.split_whitespace().nth(43 - 3).and_then(|f| f.parse().ok())?;
+    let ticks: u64 = rest
+        .split_whitespace()
+        .nth(43 - 3)
+        .and_then(|f| f.parse().ok())?;
     // SAFETY: sysconf has no memory-safety preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     (hz > 0).then(|| Duration::from_millis(ticks * 1000 / hz as u64))
@@ -143,7 +146,10 @@ mod tests {
             wall: Duration::from_micros(12_345),
             vmm_cpu: Duration::from_micros(2_500),
         };
-        assert_eq!(t.to_string(), "boot: guest init after 12.3 ms (VMM CPU 2.5 ms)");
+        assert_eq!(
+            t.to_string(),
+            "boot: guest init after 12.3 ms (VMM CPU 2.5 ms)"
+        );
         assert!(guest_time().is_some());
     }
 }

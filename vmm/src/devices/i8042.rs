@@ -58,7 +58,11 @@ mod tests {
         let mut dev = I8042::new(exit.clone());
         let mut status = [0xffu8];
         dev.read(4, &mut status);
-        assert_eq!(status, [0], "input buffer empty: the kernel may send commands");
+        assert_eq!(
+            status,
+            [0],
+            "input buffer empty: the kernel may send commands"
+        );
         dev.write(4, &[0x12]);
         assert_eq!(exit.get(), None);
         dev.write(4, &[0xfe]);
