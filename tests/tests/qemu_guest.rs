@@ -96,5 +96,8 @@ fn a_panicking_init_says_why_and_resets_instead_of_hanging() {
     assert!(!run.timed_out, "init hung: {console}");
     assert!(console.contains("skiff-init: panic:"), "{console}");
     assert!(console.contains("skiff.panic was given"), "{console}");
-    assert!(!console.contains("Attempted to kill init"), "init must reset, not exit: {console}");
+    assert!(
+        !console.contains("Attempted to kill init"),
+        "init must reset, not exit: {console}"
+    );
 }

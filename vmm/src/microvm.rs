@@ -2,7 +2,7 @@
 //! runs it until the guest stops.
 
 use std::fs::File;
-use std::io::{LineWriter, Read, Write};
+use std::io::{LineWriter, Write};
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -208,7 +208,7 @@ impl MicroVm {
                     }
                     STDIN_TOKEN if stdin_open => {
                         let mut buf = [0u8; 64];
-                        match std::io::stdin().lock().read(&mut buf) {
+                        match read_stdin(&mut buf) {
                             Ok(0) | Err(_) => {
                                 let _ = epoll.ctl(
                                     ControlOperation::Delete,
@@ -227,6 +227,14 @@ impl MicroVm {
             }
         }
     }
+}
+
+/// Reads what is available on standard input, unbuffered: epoll reports the fd's readiness, so no
+/// bytes may wait in a user-space buffer.
+fn read_stdin(buf: &mut [u8]) -> std::io::Result<usize> {
+    // SAFETY: `buf` is valid for writes of `buf.len()` bytes; fd 0 stays open for the process.
+    let n = unsafe { libc::read(libc::STDIN_FILENO, buf.as_mut_ptr().cast(), buf.len()) };
+    usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
 }
 
 fn serial_writer(out: &SerialOutput) -> Result<Option<Box<dyn Write + Send>>, MicroVmError> {
