@@ -2,6 +2,7 @@
 //! processes with deadlines, QEMU TCG runs of the guest, and the nested test host.
 
 pub mod artefacts;
+pub mod guest_console;
 pub mod nested;
 pub mod process;
 pub mod qemu;

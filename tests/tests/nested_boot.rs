@@ -2,6 +2,7 @@
 //! our real guest kernel and guest-init. One nested boot serves every check here.
 
 use skiff_tests::artefacts::{require, Artefact, Need};
+use skiff_tests::guest_console::{banner_memory_kib, banner_value};
 use skiff_tests::nested::{case, NestedHost, NestedRun};
 
 const CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
@@ -16,14 +17,6 @@ fn vmm_case(name: &str, vcpus: u8, memory_mib: u32, extra_cmdline: &str) -> Stri
     )
 }
 
-fn banner<'a>(output: &'a str, key: &str) -> Option<&'a str> {
-    let line = output
-        .lines()
-        .find(|l| l.starts_with("skiff-init: Linux "))?;
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-}
-
 fn check_boot(run: &NestedRun, name: &str, vcpus: u8, memory_mib: u64) {
     let (out, status) = run
         .case(name)
@@ -32,13 +25,12 @@ fn check_boot(run: &NestedRun, name: &str, vcpus: u8, memory_mib: u64) {
     assert!(out.contains("skiff-init: started"), "{name}: {out}");
     assert!(out.contains("boot: guest init after "), "{name}: {out}");
     assert_eq!(
-        banner(&out, "cpus"),
+        banner_value(&out, "cpus"),
         Some(vcpus.to_string().as_str()),
         "{name}: {out}"
     );
-    let mem_kib: u64 = banner(&out, "memory")
-        .and_then(|m| m.strip_suffix("KiB")?.parse().ok())
-        .unwrap_or_else(|| panic!("{name}: no memory in banner: {out}"));
+    let mem_kib =
+        banner_memory_kib(&out).unwrap_or_else(|| panic!("{name}: no memory in banner: {out}"));
     let configured = memory_mib * 1024;
     assert!(
         (configured - 32 * 1024..=configured).contains(&mem_kib),
