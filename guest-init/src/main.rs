@@ -1,10 +1,12 @@
 //! skiff-init: PID 1 of a Skiff microVM. It tells the VMM it started (the boot timer), mounts the
-//! pseudo-filesystems, prints a banner with what the guest sees, and reports its exit status to
-//! the VMM before resetting the machine. A panic is reported as a crash; init never hangs the VM.
+//! pseudo-filesystems and any disks it is given, prints a banner with what the guest sees, runs
+//! the program it is given (if any), and reports the exit status to the VMM before resetting the
+//! machine. A panic is reported as a crash; init never hangs the VM.
 
 mod host_port;
 mod mounts;
 mod power;
+mod process;
 mod settings;
 mod system_info;
 
@@ -22,7 +24,15 @@ fn run() -> Result<u8, Box<dyn std::error::Error>> {
     if settings.panic {
         panic!("skiff.panic was given");
     }
-    Ok(settings.exit_status)
+    for spec in &settings.mounts {
+        mounts::mount_disk(spec)?;
+    }
+    let status = match &settings.run {
+        Some(path) => process::run(path),
+        None => Ok(settings.exit_status),
+    };
+    mounts::unmount_disks(&settings.mounts);
+    Ok(status?)
 }
 
 fn main() {

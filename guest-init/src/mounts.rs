@@ -2,9 +2,19 @@
 
 use std::ffi::CString;
 
+use crate::settings::MountSpec;
+
 /// Errors mounting.
 #[derive(Debug, thiserror::Error)]
 pub enum MountError {
+    #[error("cannot mount {device} on {path} ({fstype}): {source}")]
+    Disk {
+        device: String,
+        path: String,
+        fstype: String,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot create mount point {target}: {source}")]
     MountPoint {
         target: &'static str,
@@ -35,9 +45,36 @@ const MOUNTS: [(&str, &str, libc::c_ulong, &str); 4] = [
     ),
 ];
 
+/// A C string; a string with a NUL (impossible from the kernel command line) becomes empty.
 fn cstr(s: &str) -> CString {
-    // The strings are the constants above, none of which contains a NUL.
     CString::new(s).unwrap_or_default()
+}
+
+/// Mounts a disk as `spec` says, creating the mount point.
+pub fn mount_disk(spec: &MountSpec) -> Result<(), MountError> {
+    let err = |source| MountError::Disk {
+        device: spec.device.clone(),
+        path: spec.path.clone(),
+        fstype: spec.fstype.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&spec.path).map_err(err)?;
+    let flags = if spec.read_only { libc::MS_RDONLY } else { 0 } | libc::MS_NOSUID | libc::MS_NODEV;
+    let (src, tgt, fst) = (cstr(&spec.device), cstr(&spec.path), cstr(&spec.fstype));
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call; no data.
+    let rc = unsafe {
+        libc::mount(
+            src.as_ptr(),
+            tgt.as_ptr(),
+            fst.as_ptr(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    if rc != 0 {
+        return Err(err(std::io::Error::last_os_error()));
+    }
+    Ok(())
 }
 
 /// Mounts /proc, /sys, /dev (devtmpfs) and /tmp.
@@ -65,4 +102,20 @@ pub fn mount_pseudo_filesystems() -> Result<(), MountError> {
         }
     }
     Ok(())
+}
+
+/// Unmounts the disks mounted from `specs`, last first, so their filesystems are clean when the
+/// VM ends. Failures are reported and skipped: the caller syncs anyway.
+pub fn unmount_disks(specs: &[MountSpec]) {
+    for spec in specs.iter().rev() {
+        let target = cstr(&spec.path);
+        // SAFETY: `target` is a valid NUL-terminated string that outlives the call.
+        if unsafe { libc::umount2(target.as_ptr(), 0) } != 0 {
+            eprintln!(
+                "skiff-init: cannot unmount {}: {}",
+                spec.path,
+                std::io::Error::last_os_error()
+            );
+        }
+    }
 }

@@ -27,6 +27,8 @@ pub enum Artefact {
     GuestInitramfs,
     /// `target/test-host/vmlinux`
     TestHostKernel,
+    /// `skiff-init`, guest-init's static binary
+    GuestInit,
     /// `skiff-vmm` (release build)
     SkiffVmm,
     /// `skiff-bootbench` (release build)
@@ -40,6 +42,7 @@ impl Artefact {
             Artefact::GuestKernel => root.join("target/guest/vmlinux"),
             Artefact::GuestInitramfs => root.join("target/guest/initramfs.cpio"),
             Artefact::TestHostKernel => root.join("target/test-host/vmlinux"),
+            Artefact::GuestInit => root.join("target/x86_64-unknown-linux-gnu/release/skiff-init"),
             Artefact::SkiffVmm => bin_dir().join("skiff-vmm"),
             Artefact::BootBench => bin_dir().join("skiff-bootbench"),
         }
@@ -47,9 +50,10 @@ impl Artefact {
 
     fn how_to_make(self) -> &'static str {
         match self {
-            Artefact::GuestKernel | Artefact::GuestInitramfs | Artefact::TestHostKernel => {
-                "run scripts/setup.sh"
-            }
+            Artefact::GuestKernel
+            | Artefact::GuestInitramfs
+            | Artefact::TestHostKernel
+            | Artefact::GuestInit => "run scripts/setup.sh",
             Artefact::SkiffVmm | Artefact::BootBench => "run cargo build --release --workspace",
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod artefacts;
 pub mod guest_console;
+pub mod guest_image;
 pub mod nested;
 pub mod process;
 pub mod qemu;

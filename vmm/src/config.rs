@@ -4,7 +4,7 @@ use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
 
-use crate::arch::layout::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
+use crate::arch::layout::{MAX_MEMORY_MIB, MAX_VCPUS, MAX_VIRTIO_DEVICES, MIN_MEMORY_MIB};
 
 /// The kernel command line used when none is given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 reboot=k panic=-1 quiet";
@@ -40,6 +40,50 @@ impl<'de> Deserialize<'de> for SerialOutput {
     }
 }
 
+/// A disk: a host file the guest sees as a virtio block device (`/dev/vda`, `/dev/vdb`, ... in the
+/// order given).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// Host file (or block device) backing the disk.
+    pub path: PathBuf,
+    /// The guest may only read; the file is opened read-only.
+    #[serde(default)]
+    pub read_only: bool,
+    /// What the guest reads as the disk's serial (`/sys/block/vdX/serial`), up to 20 characters.
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+impl std::str::FromStr for DiskConfig {
+    type Err = String;
+    /// Parses `path=FILE[,ro=true|false][,id=ID]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut disk = DiskConfig {
+            path: PathBuf::new(),
+            read_only: false,
+            id: None,
+        };
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("path", v)) => disk.path = PathBuf::from(v),
+                Some(("ro", "true")) => disk.read_only = true,
+                Some(("ro", "false")) => disk.read_only = false,
+                Some(("id", v)) => disk.id = Some(v.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "{part:?} in {s:?}: expected path=FILE[,ro=true|false][,id=ID]"
+                    ))
+                }
+            }
+        }
+        if disk.path.as_os_str().is_empty() {
+            return Err(format!("{s:?}: path=FILE is required"));
+        }
+        Ok(disk)
+    }
+}
+
 /// A microVM's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -64,6 +108,12 @@ pub struct VmConfig {
     /// Forward the VMM's standard input to the guest's serial console.
     #[serde(default)]
     pub serial_in: bool,
+    /// Disks, in the order the guest sees them.
+    #[serde(default)]
+    pub disks: Vec<DiskConfig>,
+    /// Give the guest a virtio entropy device.
+    #[serde(default)]
+    pub rng: bool,
 }
 
 fn default_cmdline() -> String {
@@ -99,6 +149,10 @@ pub enum ConfigError {
     InitrdMissing(PathBuf),
     #[error("vCPU count must be between 1 and {MAX_VCPUS}, not {0}")]
     Vcpus(u8),
+    #[error("disk {0} does not exist")]
+    DiskMissing(PathBuf),
+    #[error("{0} virtio devices requested; at most {MAX_VIRTIO_DEVICES} fit")]
+    TooManyDevices(usize),
     #[error("memory must be between {MIN_MEMORY_MIB} MiB and {MAX_MEMORY_MIB} MiB, not {0} MiB")]
     Memory(u64),
 }
@@ -114,6 +168,8 @@ impl VmConfig {
             memory_mib: DEFAULT_MEMORY_MIB,
             serial_out: SerialOutput::default(),
             serial_in: false,
+            disks: Vec::new(),
+            rng: false,
         }
     }
 
@@ -141,6 +197,13 @@ impl VmConfig {
             if !initrd.is_file() {
                 return Err(ConfigError::InitrdMissing(initrd.clone()));
             }
+        }
+        if let Some(disk) = self.disks.iter().find(|d| !d.path.exists()) {
+            return Err(ConfigError::DiskMissing(disk.path.clone()));
+        }
+        let devices = self.disks.len() + usize::from(self.rng);
+        if devices > MAX_VIRTIO_DEVICES {
+            return Err(ConfigError::TooManyDevices(devices));
         }
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
             return Err(ConfigError::Vcpus(self.vcpus));
@@ -194,6 +257,31 @@ mod tests {
         let mut c = existing_kernel();
         c.initrd = Some(PathBuf::from("/nonexistent/initrd"));
         assert!(matches!(c.validate(), Err(ConfigError::InitrdMissing(_))));
+    }
+
+    #[test]
+    fn disk_specs_parse_and_bad_ones_are_named() {
+        let d: DiskConfig = "path=/img/a.ext4,ro=true,id=layers".parse().unwrap();
+        assert_eq!(d.path, PathBuf::from("/img/a.ext4"));
+        assert!(d.read_only);
+        assert_eq!(d.id.as_deref(), Some("layers"));
+        let d: DiskConfig = "path=/x".parse().unwrap();
+        assert!(!d.read_only && d.id.is_none());
+        assert!("ro=true"
+            .parse::<DiskConfig>()
+            .unwrap_err()
+            .contains("path=FILE is required"));
+        assert!("path=/x,ro=yes"
+            .parse::<DiskConfig>()
+            .unwrap_err()
+            .contains("\"ro=yes\""));
+        let mut c = existing_kernel();
+        c.disks.push("path=/nonexistent/disk".parse().unwrap());
+        assert!(matches!(c.validate(), Err(ConfigError::DiskMissing(_))));
+        let mut c = existing_kernel();
+        c.disks = vec!["path=/proc/self/exe".parse().unwrap(); MAX_VIRTIO_DEVICES];
+        c.rng = true;
+        assert!(matches!(c.validate(), Err(ConfigError::TooManyDevices(_))));
     }
 
     #[test]

@@ -8,4 +8,5 @@ pub mod devices;
 pub mod exit;
 pub mod microvm;
 pub mod vcpu;
+pub mod virtio;
 pub mod vm;

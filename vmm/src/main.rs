@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 
-use vmm::config::{SerialOutput, VmConfig};
+use vmm::config::{DiskConfig, SerialOutput, VmConfig};
 use vmm::exit::EXIT_VMM_ERROR;
 use vmm::microvm::MicroVm;
 
@@ -42,6 +42,12 @@ struct Args {
     /// Forward standard input to the guest's serial console.
     #[arg(long)]
     serial_in: bool,
+    /// A disk: path=FILE[,ro=true|false][,id=ID] (repeatable; the guest sees vda, vdb, ...).
+    #[arg(long = "disk", value_name = "path=FILE[,ro=BOOL][,id=ID]")]
+    disks: Vec<DiskConfig>,
+    /// Give the guest a virtio entropy device.
+    #[arg(long)]
+    rng: bool,
 }
 
 impl Args {
@@ -69,6 +75,8 @@ impl Args {
             config.serial_out = serial_out;
         }
         config.serial_in |= self.serial_in;
+        config.disks.extend(self.disks);
+        config.rng |= self.rng;
         Ok(config)
     }
 }

@@ -7,10 +7,12 @@ use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use kvm_ioctls::IoEventAddress;
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use crate::arch::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_START};
 use crate::arch::{boot, memory, mptable, paging, regs};
 use crate::bus::{lock, Bus, BusError};
 use crate::config::{ConfigError, SerialOutput, VmConfig};
@@ -22,6 +24,10 @@ use crate::devices::serial::{
 };
 use crate::exit::{ExitSignal, Outcome};
 use crate::vcpu::{Vcpu, VcpuError};
+use crate::virtio::block::{Block, BlockError};
+use crate::virtio::mmio::{MmioError, MmioTransport, MMIO_DEVICE_SIZE, REG_QUEUE_NOTIFY};
+use crate::virtio::rng::Rng;
+use crate::virtio::{Interrupt, VirtioDevice};
 use crate::vm::{Vm, VmError};
 
 /// Errors building or running a microVM.
@@ -47,6 +53,10 @@ pub enum MicroVmError {
     Vcpu(#[from] VcpuError),
     #[error(transparent)]
     Bus(#[from] BusError),
+    #[error(transparent)]
+    Block(#[from] BlockError),
+    #[error(transparent)]
+    Mmio(#[from] MmioError),
     #[error("cannot open serial output {path}: {source}")]
     SerialOutput {
         path: std::path::PathBuf,
@@ -75,6 +85,63 @@ pub struct MicroVm {
     serial: Arc<Mutex<SerialDevice>>,
     console_tail: Arc<Mutex<ConsoleTail>>,
     serial_in: bool,
+    queue_events: Vec<QueueEvent>,
+}
+
+/// A virtio queue's notification: the ioeventfd KVM signals when the guest writes the queue's
+/// index to `QueueNotify`.
+struct QueueEvent {
+    transport: Arc<Mutex<MmioTransport>>,
+    queue: usize,
+    event: EventFd,
+}
+
+/// What placing a virtio device produced.
+struct PlacedDevice {
+    cmdline: String,
+    queue_events: Vec<QueueEvent>,
+}
+
+/// Places a virtio device in MMIO slot `slot`: its registers, interrupt line (irqfd), queue
+/// notifications (ioeventfds) and the command-line entry through which the guest finds it.
+fn attach_virtio(
+    vm: &Vm,
+    mem: &GuestMemoryMmap,
+    mmio: &mut Bus,
+    slot: usize,
+    device: Box<dyn VirtioDevice>,
+) -> Result<PlacedDevice, MicroVmError> {
+    let addr = VIRTIO_MMIO_START + slot as u64 * MMIO_DEVICE_SIZE;
+    let irq = VIRTIO_IRQ_BASE + slot as u32;
+    let kvm_err = |op| move |source| VmError::Kvm { op, source };
+    let irqfd = EventFd::new(EFD_NONBLOCK).map_err(host("cannot create an eventfd"))?;
+    vm.fd()
+        .register_irqfd(&irqfd, irq)
+        .map_err(kvm_err("IRQFD"))?;
+    let transport = MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irqfd)))?;
+    let queues = transport.queue_count();
+    let transport = Arc::new(Mutex::new(transport));
+    let mut queue_events = Vec::with_capacity(queues);
+    for queue in 0..queues {
+        let event = EventFd::new(EFD_NONBLOCK).map_err(host("cannot create an eventfd"))?;
+        vm.fd()
+            .register_ioevent(
+                &event,
+                &IoEventAddress::Mmio(addr + REG_QUEUE_NOTIFY),
+                queue as u32,
+            )
+            .map_err(kvm_err("IOEVENTFD"))?;
+        queue_events.push(QueueEvent {
+            transport: transport.clone(),
+            queue,
+            event,
+        });
+    }
+    mmio.insert(addr, MMIO_DEVICE_SIZE, transport)?;
+    Ok(PlacedDevice {
+        cmdline: format!(" virtio_mmio.device=4K@{addr:#x}:{irq}"),
+        queue_events,
+    })
 }
 
 impl MicroVm {
@@ -82,7 +149,9 @@ impl MicroVm {
     /// timer measures from it).
     pub fn build(config: &VmConfig, started: Instant) -> Result<Self, MicroVmError> {
         config.validate()?;
-        let cmdline = boot::parse_cmdline(&config.cmdline)?;
+        // Checked now so a bad command line fails before anything is built; checked again once
+        // the device entries are appended.
+        boot::parse_cmdline(&config.cmdline)?;
 
         let vm = Vm::new()?;
         if usize::from(config.vcpus) > vm.max_vcpus() {
@@ -102,15 +171,6 @@ impl MicroVm {
             Some(path) => Some(boot::load_initrd(&mem, path, kernel.end)?),
             None => None,
         };
-        boot::write_cmdline(&mem, &cmdline)?;
-        let cmdline_len = cmdline
-            .as_cstring()
-            .map(|c| c.as_bytes().len())
-            .map_err(boot::BootError::Cmdline)?;
-        boot::write_boot_params(
-            &mem,
-            &boot::build_boot_params(mem_size, cmdline_len, initrd)?,
-        )?;
         mptable::write(&mem, config.vcpus)?;
         paging::write_identity_page_tables(&mem).map_err(MicroVmError::PageTables)?;
         regs::write_gdt_and_idt(&mem)?;
@@ -143,7 +203,36 @@ impl MicroVm {
             Arc::new(Mutex::new(GuestReport::new(started, exit.clone()))),
         )?;
         let pio = Arc::new(pio);
-        let mmio = Arc::new(Bus::new());
+
+        // virtio devices on the MMIO bus, announced on the kernel command line.
+        let mut mmio = Bus::new();
+        let mut queue_events = Vec::new();
+        let mut cmdline = config.cmdline.clone();
+        let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
+        for (i, disk) in config.disks.iter().enumerate() {
+            let id = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
+            devices.push(Box::new(Block::open(&disk.path, disk.read_only, &id)?));
+        }
+        if config.rng {
+            devices.push(Box::new(Rng));
+        }
+        for (slot, device) in devices.into_iter().enumerate() {
+            let placed = attach_virtio(&vm, &mem, &mut mmio, slot, device)?;
+            cmdline.push_str(&placed.cmdline);
+            queue_events.extend(placed.queue_events);
+        }
+        let mmio = Arc::new(mmio);
+
+        let cmdline = boot::parse_cmdline(&cmdline)?;
+        boot::write_cmdline(&mem, &cmdline)?;
+        let cmdline_len = cmdline
+            .as_cstring()
+            .map(|c| c.as_bytes().len())
+            .map_err(boot::BootError::Cmdline)?;
+        boot::write_boot_params(
+            &mem,
+            &boot::build_boot_params(mem_size, cmdline_len, initrd)?,
+        )?;
 
         let supported = vm.supported_cpuid()?;
         let vcpus = (0..config.vcpus)
@@ -162,6 +251,7 @@ impl MicroVm {
             serial,
             console_tail,
             serial_in: config.serial_in,
+            queue_events,
         })
     }
 
@@ -191,7 +281,18 @@ impl MicroVm {
             vcpu.start()?;
         }
 
-        let mut events = vec![EpollEvent::default(); 4];
+        const QUEUE_TOKEN_BASE: u64 = 16;
+        for (i, q) in self.queue_events.iter().enumerate() {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    q.event.as_raw_fd(),
+                    EpollEvent::new(EventSet::IN, QUEUE_TOKEN_BASE + i as u64),
+                )
+                .map_err(host("cannot watch a queue eventfd"))?;
+        }
+
+        let mut events = vec![EpollEvent::default(); 16];
         loop {
             let n = match epoll.wait(-1, &mut events) {
                 Ok(n) => n,
@@ -220,6 +321,14 @@ impl MicroVm {
                             Ok(n) => {
                                 lock(&self.serial).enqueue_input(&buf[..n]);
                             }
+                        }
+                    }
+                    token if token >= QUEUE_TOKEN_BASE => {
+                        let index = usize::try_from(token - QUEUE_TOKEN_BASE).unwrap_or(usize::MAX);
+                        if let Some(q) = self.queue_events.get(index) {
+                            // Reading resets the counter; a failure means nothing was pending.
+                            let _ = q.event.read();
+                            lock(&q.transport).notify_queue(q.queue);
                         }
                     }
                     _ => {}

@@ -55,3 +55,9 @@ pub const MAX_MEMORY_MIB: u64 = 1 << 20;
 pub const MAX_VCPUS: u8 = 32;
 /// Number of interrupt lines the IOAPIC routes.
 pub const IOAPIC_PINS: u8 = 24;
+/// First interrupt line for virtio devices (0-4 are the PIT, keyboard, cascade, COM2, COM1).
+pub const VIRTIO_IRQ_BASE: u32 = 5;
+/// virtio-mmio devices take one interrupt line each, from `VIRTIO_IRQ_BASE` to the last pin.
+pub const MAX_VIRTIO_DEVICES: usize = IOAPIC_PINS as usize - VIRTIO_IRQ_BASE as usize;
+/// virtio-mmio devices sit at the start of the MMIO gap, one page each.
+pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START;

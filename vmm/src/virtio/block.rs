@@ -1,0 +1,498 @@
+//! virtio-blk backed by a host file: reads, writes, flushes and the device id. A read-only disk's
+//! file is never opened writable and every write request to it fails with an error status.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use super::block_request::{
+    find_status, parse, Desc, Request, RequestKind, ID_BYTES, MAX_SEGMENTS, SECTOR_SIZE,
+};
+use super::{read_config_bytes, VirtioDevice, TYPE_BLOCK};
+
+const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
+const VIRTIO_BLK_F_RO: u64 = 1 << 5;
+const VIRTIO_BLK_F_FLUSH: u64 = 1 << 9;
+
+const VIRTIO_BLK_S_OK: u8 = 0;
+const VIRTIO_BLK_S_IOERR: u8 = 1;
+const VIRTIO_BLK_S_UNSUPP: u8 = 2;
+
+/// Size of the one request queue.
+pub const QUEUE_SIZE: u16 = 256;
+
+/// Errors opening a disk.
+#[derive(Debug, thiserror::Error)]
+pub enum BlockError {
+    #[error("cannot open disk {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("disk {path} is not a regular file or block device")]
+    NotAFile { path: PathBuf },
+    #[error("disk id {0:?} is longer than {ID_BYTES} bytes or not printable ASCII")]
+    BadId(String),
+}
+
+/// A virtio block device.
+pub struct Block {
+    file: File,
+    read_only: bool,
+    /// Size in sectors.
+    capacity: u64,
+    id: [u8; ID_BYTES],
+    config: Vec<u8>,
+}
+
+impl Block {
+    /// Opens `path` (read-only when `read_only`); `id` is what GET_ID returns.
+    pub fn open(path: &Path, read_only: bool, id: &str) -> Result<Self, BlockError> {
+        if id.len() > ID_BYTES || !id.chars().all(|c| c.is_ascii_graphic()) {
+            return Err(BlockError::BadId(id.to_owned()));
+        }
+        let open_err = |source| BlockError::Open {
+            path: path.to_owned(),
+            source,
+        };
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(!read_only)
+            .open(path)
+            .map_err(open_err)?;
+        let kind = file.metadata().map_err(open_err)?.file_type();
+        use std::os::unix::fs::FileTypeExt;
+        if !kind.is_file() && !kind.is_block_device() {
+            return Err(BlockError::NotAFile {
+                path: path.to_owned(),
+            });
+        }
+        let size = file.seek(SeekFrom::End(0)).map_err(open_err)?;
+        let capacity = size / SECTOR_SIZE;
+        let mut id_bytes = [0u8; ID_BYTES];
+        id_bytes[..id.len()].copy_from_slice(id.as_bytes());
+        // Config space: capacity (le64), size_max (le32, unused), seg_max (le32).
+        let mut config = Vec::with_capacity(16);
+        config.extend_from_slice(&capacity.to_le_bytes());
+        config.extend_from_slice(&0u32.to_le_bytes());
+        config.extend_from_slice(&(MAX_SEGMENTS as u32).to_le_bytes());
+        Ok(Self {
+            file,
+            read_only,
+            capacity,
+            id: id_bytes,
+            config,
+        })
+    }
+
+    /// Disk size in sectors.
+    pub fn capacity(&self) -> u64 {
+        self.capacity
+    }
+
+    /// Serves one valid request; returns its status and the bytes written to the guest.
+    fn execute(&mut self, req: &Request, mem: &GuestMemoryMmap) -> (u8, u32) {
+        match req.kind {
+            RequestKind::In => match self.transfer(req, mem, false) {
+                Ok(()) => (VIRTIO_BLK_S_OK, req.data_len() as u32),
+                Err(()) => (VIRTIO_BLK_S_IOERR, 0),
+            },
+            RequestKind::Out if self.read_only => (VIRTIO_BLK_S_IOERR, 0),
+            RequestKind::Out => match self.transfer(req, mem, true) {
+                Ok(()) => (VIRTIO_BLK_S_OK, 0),
+                Err(()) => (VIRTIO_BLK_S_IOERR, 0),
+            },
+            RequestKind::Flush if self.read_only => (VIRTIO_BLK_S_OK, 0),
+            RequestKind::Flush => match self.file.sync_data() {
+                Ok(()) => (VIRTIO_BLK_S_OK, 0),
+                Err(_) => (VIRTIO_BLK_S_IOERR, 0),
+            },
+            RequestKind::GetId => {
+                let mut written = 0usize;
+                for seg in &req.data {
+                    let n = (seg.len as usize).min(ID_BYTES - written);
+                    if mem
+                        .write_slice(&self.id[written..written + n], seg.addr)
+                        .is_err()
+                    {
+                        return (VIRTIO_BLK_S_IOERR, written as u32);
+                    }
+                    written += n;
+                    if written == ID_BYTES {
+                        break;
+                    }
+                }
+                (VIRTIO_BLK_S_OK, written as u32)
+            }
+            RequestKind::Unsupported(_) => (VIRTIO_BLK_S_UNSUPP, 0),
+        }
+    }
+
+    /// Moves the request's data between guest memory and the file.
+    fn transfer(&mut self, req: &Request, mem: &GuestMemoryMmap, to_disk: bool) -> Result<(), ()> {
+        // parse() checked that the range lies within the disk.
+        self.file
+            .seek(SeekFrom::Start(req.sector * SECTOR_SIZE))
+            .map_err(|_| ())?;
+        for seg in &req.data {
+            let len = seg.len as usize;
+            let moved = if to_disk {
+                mem.write_all_volatile_to(seg.addr, &mut self.file, len)
+            } else {
+                mem.read_exact_volatile_from(seg.addr, &mut self.file, len)
+            };
+            moved.map_err(|_| ())?;
+        }
+        Ok(())
+    }
+
+    /// Handles one descriptor chain; returns the used length to report.
+    fn handle(&mut self, descs: &[Desc], mem: &GuestMemoryMmap) -> u32 {
+        match parse(descs.iter().copied(), mem, self.capacity) {
+            Ok(req) => {
+                let (status, written) = self.execute(&req, mem);
+                // The status address was validated by parse().
+                let _ = mem.write_obj(status, req.status);
+                written + 1
+            }
+            Err(e) if e.status_writable() => match find_status(descs.iter().copied(), mem) {
+                Some(addr) if mem.write_obj(VIRTIO_BLK_S_IOERR, addr).is_ok() => 1,
+                _ => 0,
+            },
+            // No place to put a status: the buffer is returned untouched.
+            Err(_) => 0,
+        }
+    }
+}
+
+impl VirtioDevice for Block {
+    fn device_type(&self) -> u32 {
+        TYPE_BLOCK
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        let ro = if self.read_only { VIRTIO_BLK_F_RO } else { 0 };
+        VIRTIO_BLK_F_SEG_MAX | VIRTIO_BLK_F_FLUSH | ro
+    }
+
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        read_config_bytes(&self.config, offset, data);
+    }
+
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used_any = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let descs: Vec<Desc> = chain.map(Desc::from).collect();
+            let len = self.handle(&descs, mem);
+            if queue.add_used(mem, head, len).is_err() {
+                // The used ring is not in guest memory: nothing more can be returned.
+                break;
+            }
+            used_any = true;
+        }
+        used_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::block_request::{
+        VIRTIO_BLK_T_FLUSH, VIRTIO_BLK_T_GET_ID, VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT,
+    };
+    use std::io::Write;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, GuestAddress};
+
+    const F_NEXT: u16 = 1;
+    const F_WRITE: u16 = 2;
+
+    struct Disk {
+        path: PathBuf,
+    }
+
+    impl Disk {
+        fn new(name: &str, bytes: &[u8]) -> Self {
+            let path =
+                std::env::temp_dir().join(format!("skiff-blk-{}-{name}", std::process::id()));
+            File::create(&path).unwrap().write_all(bytes).unwrap();
+            Self { path }
+        }
+        fn read(&self) -> Vec<u8> {
+            std::fs::read(&self.path).unwrap()
+        }
+    }
+
+    impl Drop for Disk {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn mem() -> GuestMemoryMmap {
+        GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap()
+    }
+
+    fn desc(addr: u64, len: u32, flags: u16) -> RawDescriptor {
+        RawDescriptor::from(SplitDescriptor::new(addr, len, flags, 0))
+    }
+
+    fn put_header(mem: &GuestMemoryMmap, addr: u64, kind: u32, sector: u64) {
+        mem.write_obj(kind, GuestAddress(addr)).unwrap();
+        mem.write_obj(sector, GuestAddress(addr + 8)).unwrap();
+    }
+
+    /// Runs the chain `descs` through the device; returns (used len, status byte).
+    fn run(
+        block: &mut Block,
+        mem: &GuestMemoryMmap,
+        descs: &[RawDescriptor],
+        status_at: u64,
+    ) -> (u32, u8) {
+        let q = MockSplitQueue::new(mem, 16);
+        mem.write_obj(0xffu8, GuestAddress(status_at)).unwrap();
+        q.build_desc_chain(descs).unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        assert!(block.process_queue(0, &mut queue, mem));
+        let used_len: u32 = mem.read_obj(q.used_addr().unchecked_add(8)).unwrap();
+        (used_len, mem.read_obj(GuestAddress(status_at)).unwrap())
+    }
+
+    #[test]
+    fn reads_and_writes_reach_the_file() {
+        let mut content = vec![0u8; 8 * 512];
+        content[512..1024].fill(0x5a);
+        let disk = Disk::new("rw", &content);
+        let mut block = Block::open(&disk.path, false, "disk0").unwrap();
+        assert_eq!(block.capacity(), 8);
+        let m = mem();
+
+        put_header(&m, 0x1000, VIRTIO_BLK_T_IN, 1);
+        let (len, st) = run(
+            &mut block,
+            &m,
+            &[
+                desc(0x1000, 16, 0),
+                desc(0x2000, 512, F_WRITE),
+                desc(0x3000, 1, F_WRITE),
+            ],
+            0x3000,
+        );
+        assert_eq!((len, st), (513, VIRTIO_BLK_S_OK));
+        let mut buf = vec![0u8; 512];
+        m.read_slice(&mut buf, GuestAddress(0x2000)).unwrap();
+        assert!(buf.iter().all(|b| *b == 0x5a));
+
+        m.write_slice(&[0xc3; 1024], GuestAddress(0x4000)).unwrap();
+        put_header(&m, 0x1000, VIRTIO_BLK_T_OUT, 6);
+        let (_, st) = run(
+            &mut block,
+            &m,
+            &[
+                desc(0x1000, 16, 0),
+                desc(0x4000, 1024, 0),
+                desc(0x3000, 1, F_WRITE),
+            ],
+            0x3000,
+        );
+        assert_eq!(st, VIRTIO_BLK_S_OK);
+        put_header(&m, 0x1000, VIRTIO_BLK_T_FLUSH, 0);
+        let (_, st) = run(
+            &mut block,
+            &m,
+            &[desc(0x1000, 16, 0), desc(0x3000, 1, F_WRITE)],
+            0x3000,
+        );
+        assert_eq!(st, VIRTIO_BLK_S_OK);
+        let file = disk.read();
+        assert!(file[6 * 512..].iter().all(|b| *b == 0xc3));
+        assert!(file[..512].iter().all(|b| *b == 0));
+    }
+
+    #[test]
+    fn read_only_disk_refuses_writes_and_stays_unchanged() {
+        let disk = Disk::new("ro", &[7u8; 4096]);
+        let mut block = Block::open(&disk.path, true, "ro").unwrap();
+        assert_ne!(block.features() & VIRTIO_BLK_F_RO, 0);
+        let m = mem();
+        put_header(&m, 0x1000, VIRTIO_BLK_T_OUT, 0);
+        let (len, st) = run(
+            &mut block,
+            &m,
+            &[
+                desc(0x1000, 16, 0),
+                desc(0x4000, 512, 0),
+                desc(0x3000, 1, F_WRITE),
+            ],
+            0x3000,
+        );
+        assert_eq!((len, st), (1, VIRTIO_BLK_S_IOERR));
+        assert_eq!(disk.read(), vec![7u8; 4096]);
+    }
+
+    #[test]
+    fn get_id_and_unsupported_requests() {
+        let disk = Disk::new("id", &[0u8; 512]);
+        let mut block = Block::open(&disk.path, true, "scratch-1").unwrap();
+        let m = mem();
+        put_header(&m, 0x1000, VIRTIO_BLK_T_GET_ID, 0);
+        let (len, st) = run(
+            &mut block,
+            &m,
+            &[
+                desc(0x1000, 16, 0),
+                desc(0x2000, 20, F_WRITE),
+                desc(0x3000, 1, F_WRITE),
+            ],
+            0x3000,
+        );
+        assert_eq!((len, st), (21, VIRTIO_BLK_S_OK));
+        let mut id = [0u8; 20];
+        m.read_slice(&mut id, GuestAddress(0x2000)).unwrap();
+        assert_eq!(&id[..9], b"scratch-1");
+        put_header(&m, 0x1000, 11, 0); // DISCARD: not offered
+        let (_, st) = run(
+            &mut block,
+            &m,
+            &[desc(0x1000, 16, 0), desc(0x3000, 1, F_WRITE)],
+            0x3000,
+        );
+        assert_eq!(st, VIRTIO_BLK_S_UNSUPP);
+    }
+
+    #[test]
+    fn hostile_chains_get_an_error_or_are_dropped_and_the_next_request_is_served() {
+        let disk = Disk::new("hostile", &[1u8; 8 * 512]);
+        let mut block = Block::open(&disk.path, false, "h").unwrap();
+        let m = mem();
+        put_header(&m, 0x1000, VIRTIO_BLK_T_IN, 0);
+        let w = F_WRITE;
+        let cases: Vec<(&str, Vec<RawDescriptor>, (u32, u8))> = vec![
+            (
+                "data outside memory",
+                vec![
+                    desc(0x1000, 16, 0),
+                    desc(0xff000, 0x2000, w),
+                    desc(0x3000, 1, w),
+                ],
+                (1, VIRTIO_BLK_S_IOERR),
+            ),
+            (
+                "zero-length data",
+                vec![desc(0x1000, 16, 0), desc(0x2000, 0, w), desc(0x3000, 1, w)],
+                (1, VIRTIO_BLK_S_IOERR),
+            ),
+            // A chain over 4 GiB is cut short by the queue: no status can be trusted, so dropped.
+            (
+                "oversized data",
+                vec![
+                    desc(0x1000, 16, 0),
+                    desc(0x2000, u32::MAX, w),
+                    desc(0x3000, 1, w),
+                ],
+                (0, 0xff),
+            ),
+            (
+                "large data",
+                vec![
+                    desc(0x1000, 16, 0),
+                    desc(0x2000, 1 << 30, w),
+                    desc(0x3000, 1, w),
+                ],
+                (1, VIRTIO_BLK_S_IOERR),
+            ),
+            (
+                "read-only status",
+                vec![
+                    desc(0x1000, 16, 0),
+                    desc(0x2000, 512, w),
+                    desc(0x3000, 1, 0),
+                ],
+                (0, 0xff),
+            ),
+            (
+                "status outside memory",
+                vec![
+                    desc(0x1000, 16, 0),
+                    desc(0x2000, 512, w),
+                    desc(1 << 20, 1, w),
+                ],
+                (0, 0xff),
+            ),
+            (
+                "past the end of the disk",
+                vec![
+                    desc(0x1000, 16, 0),
+                    desc(0x2000, 8 * 512 + 512, w),
+                    desc(0x3000, 1, w),
+                ],
+                (1, VIRTIO_BLK_S_IOERR),
+            ),
+        ];
+        for (name, descs, expected) in cases {
+            assert_eq!(run(&mut block, &m, &descs, 0x3000), expected, "{name}");
+        }
+        // And a valid request still works.
+        let (len, st) = run(
+            &mut block,
+            &m,
+            &[
+                desc(0x1000, 16, 0),
+                desc(0x2000, 512, w),
+                desc(0x3000, 1, w),
+            ],
+            0x3000,
+        );
+        assert_eq!((len, st), (513, VIRTIO_BLK_S_OK));
+    }
+
+    #[test]
+    fn a_circular_chain_is_dropped() {
+        let disk = Disk::new("loop", &[0u8; 4096]);
+        let mut block = Block::open(&disk.path, false, "l").unwrap();
+        let m = mem();
+        put_header(&m, 0x1000, VIRTIO_BLK_T_IN, 0);
+        let q = MockSplitQueue::new(&m, 16);
+        // 0 -> 1 -> 0 -> ...
+        let descs = [
+            RawDescriptor::from(SplitDescriptor::new(0x1000, 16, F_NEXT, 1)),
+            RawDescriptor::from(SplitDescriptor::new(0x2000, 512, F_NEXT | F_WRITE, 0)),
+        ];
+        q.add_desc_chains(&descs, 0).unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        assert!(block.process_queue(0, &mut queue, &m));
+        let used_len: u32 = m.read_obj(q.used_addr().unchecked_add(8)).unwrap();
+        assert_eq!(used_len, 0);
+    }
+
+    #[test]
+    fn bad_ids_and_missing_files_are_clear_errors() {
+        assert!(matches!(
+            Block::open(Path::new("/nonexistent"), true, "x"),
+            Err(BlockError::Open { .. })
+        ));
+        let disk = Disk::new("badid", &[0u8; 512]);
+        assert!(matches!(
+            Block::open(&disk.path, true, &"x".repeat(21)),
+            Err(BlockError::BadId(_))
+        ));
+        assert!(matches!(
+            Block::open(&disk.path, true, "a b"),
+            Err(BlockError::BadId(_))
+        ));
+        assert!(matches!(
+            Block::open(Path::new("/tmp"), true, "d"),
+            Err(BlockError::NotAFile { .. }) | Err(BlockError::Open { .. })
+        ));
+    }
+}

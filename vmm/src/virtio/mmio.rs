@@ -1,0 +1,551 @@
+//! The virtio-mmio transport, version 2 ("modern" register layout, virtio 1.2 section 4.2.2).
+//!
+//! The driver discovers each device from the kernel command line
+//! (`virtio_mmio.device=<size>@<addr>:<irq>`), negotiates features through the status state
+//! machine, describes its queues, and notifies through `QueueNotify` — which KVM turns into an
+//! eventfd (ioeventfd) so the VMM thread serves the queue without a vCPU exit to user space.
+//! Used buffers are signalled through an irqfd.
+
+use std::sync::Arc;
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemoryMmap;
+
+use super::{status, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, VIRTIO_F_VERSION_1};
+use crate::bus::BusDevice;
+
+/// Bytes of MMIO space each device takes.
+pub const MMIO_DEVICE_SIZE: u64 = 0x1000;
+
+const MAGIC_VALUE: u32 = 0x7472_6976; // "virt"
+const VERSION: u32 = 2;
+const VENDOR_ID: u32 = 0x5346_4b53; // "SKFS"
+
+// Register offsets.
+const REG_MAGIC: u64 = 0x000;
+const REG_VERSION: u64 = 0x004;
+const REG_DEVICE_ID: u64 = 0x008;
+const REG_VENDOR_ID: u64 = 0x00c;
+const REG_DEVICE_FEATURES: u64 = 0x010;
+const REG_DEVICE_FEATURES_SEL: u64 = 0x014;
+const REG_DRIVER_FEATURES: u64 = 0x020;
+const REG_DRIVER_FEATURES_SEL: u64 = 0x024;
+const REG_QUEUE_SEL: u64 = 0x030;
+const REG_QUEUE_NUM_MAX: u64 = 0x034;
+const REG_QUEUE_NUM: u64 = 0x038;
+const REG_QUEUE_READY: u64 = 0x044;
+/// Offset of `QueueNotify`, where the VMM registers the queues' ioeventfds.
+pub const REG_QUEUE_NOTIFY: u64 = 0x050;
+const REG_INTERRUPT_STATUS: u64 = 0x060;
+const REG_INTERRUPT_ACK: u64 = 0x064;
+const REG_STATUS: u64 = 0x070;
+const REG_QUEUE_DESC_LOW: u64 = 0x080;
+const REG_QUEUE_DESC_HIGH: u64 = 0x084;
+const REG_QUEUE_DRIVER_LOW: u64 = 0x090;
+const REG_QUEUE_DRIVER_HIGH: u64 = 0x094;
+const REG_QUEUE_DEVICE_LOW: u64 = 0x0a0;
+const REG_QUEUE_DEVICE_HIGH: u64 = 0x0a4;
+const REG_CONFIG_GENERATION: u64 = 0x0fc;
+const REG_CONFIG: u64 = 0x100;
+
+/// Errors creating a transport.
+#[derive(Debug, thiserror::Error)]
+pub enum MmioError {
+    #[error("invalid queue size {0} offered by a device")]
+    QueueSize(u16),
+}
+
+/// A virtio device behind the MMIO register interface.
+pub struct MmioTransport {
+    device: Box<dyn VirtioDevice>,
+    mem: GuestMemoryMmap,
+    interrupt: Arc<Interrupt>,
+    queues: Vec<Queue>,
+    queue_select: u32,
+    device_features_select: u32,
+    driver_features_select: u32,
+    driver_features: u64,
+    status: u32,
+    config_generation: u32,
+}
+
+impl MmioTransport {
+    pub fn new(
+        device: Box<dyn VirtioDevice>,
+        mem: GuestMemoryMmap,
+        interrupt: Arc<Interrupt>,
+    ) -> Result<Self, MmioError> {
+        let queues = device
+            .queue_max_sizes()
+            .iter()
+            .map(|&size| Queue::new(size).map_err(|_| MmioError::QueueSize(size)))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            device,
+            mem,
+            interrupt,
+            queues,
+            queue_select: 0,
+            device_features_select: 0,
+            driver_features_select: 0,
+            driver_features: 0,
+            status: 0,
+            config_generation: 0,
+        })
+    }
+
+    /// Number of queues (each needs a notification eventfd).
+    pub fn queue_count(&self) -> usize {
+        self.queues.len()
+    }
+
+    /// The device's virtio type.
+    pub fn device_type(&self) -> u32 {
+        self.device.device_type()
+    }
+
+    /// Whether the driver finished setting the device up.
+    pub fn is_activated(&self) -> bool {
+        self.status & status::DRIVER_OK != 0 && self.status & status::FAILED == 0
+    }
+
+    /// The driver notified queue `index`: serve it, and interrupt if buffers were used.
+    pub fn notify_queue(&mut self, index: usize) {
+        if !self.is_activated() {
+            return;
+        }
+        let Some(queue) = self.queues.get_mut(index) else {
+            return;
+        };
+        if !queue.ready() {
+            return;
+        }
+        if self.device.process_queue(index, queue, &self.mem)
+            && queue.needs_notification(&self.mem).unwrap_or(true)
+        {
+            self.interrupt.trigger(INTERRUPT_USED_BUFFER);
+        }
+    }
+
+    fn selected_queue(&mut self) -> Option<&mut Queue> {
+        self.queues.get_mut(self.queue_select as usize)
+    }
+
+    /// Queue registers may change only between FEATURES_OK and DRIVER_OK, on a queue not yet
+    /// enabled.
+    fn queue_writable(&self) -> bool {
+        self.status & status::FEATURES_OK != 0 && self.status & status::DRIVER_OK == 0
+    }
+
+    fn reset(&mut self) {
+        self.device.reset();
+        for queue in &mut self.queues {
+            queue.reset();
+        }
+        self.interrupt.clear();
+        self.queue_select = 0;
+        self.device_features_select = 0;
+        self.driver_features_select = 0;
+        self.driver_features = 0;
+        self.status = 0;
+    }
+
+    /// Applies a driver write to `Status`, enforcing the initialisation order.
+    fn write_status(&mut self, value: u32) {
+        if value == 0 {
+            self.reset();
+            return;
+        }
+        // The driver only ever adds bits (save FAILED, which may come at any time).
+        if value & self.status != self.status {
+            return;
+        }
+        let added = value & !self.status;
+        if added & status::FAILED != 0 {
+            self.status = value;
+            return;
+        }
+        let has = |bits: u32| value & bits == bits;
+        let ok = match added {
+            status::ACKNOWLEDGE => true,
+            status::DRIVER => has(status::ACKNOWLEDGE),
+            status::FEATURES_OK => {
+                has(status::ACKNOWLEDGE | status::DRIVER) && self.features_acceptable()
+            }
+            status::DRIVER_OK => {
+                has(status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK)
+                    && self.queues_valid()
+            }
+            0 => true,
+            _ => false, // several steps at once
+        };
+        if ok {
+            if added == status::FEATURES_OK {
+                self.device.set_acked_features(self.driver_features);
+            }
+            self.status = value;
+        } else if added == status::DRIVER_OK {
+            // The driver asked to start with a broken setup: tell it the device needs a reset.
+            self.status |= status::DEVICE_NEEDS_RESET;
+            self.interrupt.trigger(super::INTERRUPT_CONFIG_CHANGE);
+        }
+    }
+
+    /// The driver accepted only features we offered, including VERSION_1.
+    fn features_acceptable(&self) -> bool {
+        let offered = self.device.features() | VIRTIO_F_VERSION_1;
+        self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
+    }
+
+    /// Every enabled queue lies in guest memory; at least one is enabled.
+    fn queues_valid(&self) -> bool {
+        self.queues.iter().any(|q| q.ready())
+            && self
+                .queues
+                .iter()
+                .filter(|q| q.ready())
+                .all(|q| q.is_valid(&self.mem))
+    }
+
+    fn read_register(&mut self, offset: u64) -> u32 {
+        match offset {
+            REG_MAGIC => MAGIC_VALUE,
+            REG_VERSION => VERSION,
+            REG_DEVICE_ID => self.device.device_type(),
+            REG_VENDOR_ID => VENDOR_ID,
+            REG_DEVICE_FEATURES => {
+                let features = self.device.features() | VIRTIO_F_VERSION_1;
+                match self.device_features_select {
+                    0 => features as u32,
+                    1 => (features >> 32) as u32,
+                    _ => 0,
+                }
+            }
+            REG_QUEUE_NUM_MAX => self.selected_queue().map_or(0, |q| u32::from(q.max_size())),
+            REG_QUEUE_READY => self.selected_queue().map_or(0, |q| u32::from(q.ready())),
+            REG_INTERRUPT_STATUS => self.interrupt.status(),
+            REG_STATUS => self.status,
+            REG_CONFIG_GENERATION => self.config_generation,
+            _ => 0,
+        }
+    }
+
+    fn write_register(&mut self, offset: u64, value: u32) {
+        let writable = self.queue_writable();
+        match offset {
+            REG_DEVICE_FEATURES_SEL => self.device_features_select = value,
+            REG_DRIVER_FEATURES_SEL => self.driver_features_select = value,
+            REG_DRIVER_FEATURES => {
+                let negotiating =
+                    self.status & status::DRIVER != 0 && self.status & status::FEATURES_OK == 0;
+                if negotiating {
+                    match self.driver_features_select {
+                        0 => {
+                            self.driver_features =
+                                (self.driver_features & !0xffff_ffff) | u64::from(value)
+                        }
+                        1 => {
+                            self.driver_features =
+                                (self.driver_features & 0xffff_ffff) | (u64::from(value) << 32)
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            REG_QUEUE_SEL => self.queue_select = value,
+            REG_QUEUE_NOTIFY => {
+                // Normally caught by the ioeventfd; a notification reaching us is served here.
+                self.notify_queue(value as usize);
+            }
+            REG_INTERRUPT_ACK => self.interrupt.acknowledge(value),
+            REG_STATUS => self.write_status(value),
+            _ if !writable => {}
+            REG_QUEUE_NUM => {
+                if let Some(q) = self.selected_queue().filter(|q| !q.ready()) {
+                    // virtio-queue keeps the old size if this one is invalid (not a power of two,
+                    // zero, or above the maximum); the queue is then refused at DRIVER_OK.
+                    q.set_size(value.try_into().unwrap_or(0));
+                }
+            }
+            REG_QUEUE_READY => {
+                if let Some(q) = self.selected_queue() {
+                    q.set_ready(value == 1);
+                }
+            }
+            REG_QUEUE_DESC_LOW
+            | REG_QUEUE_DESC_HIGH
+            | REG_QUEUE_DRIVER_LOW
+            | REG_QUEUE_DRIVER_HIGH
+            | REG_QUEUE_DEVICE_LOW
+            | REG_QUEUE_DEVICE_HIGH => {
+                let Some(q) = self.selected_queue().filter(|q| !q.ready()) else {
+                    return;
+                };
+                let low = offset & 0x4 == 0;
+                let (lo, hi) = if low {
+                    (Some(value), None)
+                } else {
+                    (None, Some(value))
+                };
+                match offset & !0x4 {
+                    REG_QUEUE_DESC_LOW => q.set_desc_table_address(lo, hi),
+                    REG_QUEUE_DRIVER_LOW => q.set_avail_ring_address(lo, hi),
+                    _ => q.set_used_ring_address(lo, hi),
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl BusDevice for MmioTransport {
+    fn read(&mut self, offset: u64, data: &mut [u8]) {
+        if offset >= REG_CONFIG {
+            self.device.read_config(offset - REG_CONFIG, data);
+            return;
+        }
+        // Registers are 32 bits wide and read whole.
+        if data.len() != 4 || offset % 4 != 0 {
+            data.fill(0);
+            return;
+        }
+        data.copy_from_slice(&self.read_register(offset).to_le_bytes());
+    }
+
+    fn write(&mut self, offset: u64, data: &[u8]) {
+        if offset >= REG_CONFIG {
+            self.device.write_config(offset - REG_CONFIG, data);
+            self.config_generation = self.config_generation.wrapping_add(1);
+            return;
+        }
+        let Ok(bytes) = <[u8; 4]>::try_from(data) else {
+            return;
+        };
+        if offset % 4 == 0 {
+            self.write_register(offset, u32::from_le_bytes(bytes));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::virtio::{read_config_bytes, INTERRUPT_CONFIG_CHANGE};
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::GuestAddress;
+    use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+    /// A device that counts the buffers it is given.
+    struct Counter {
+        used: Arc<std::sync::atomic::AtomicUsize>,
+        acked: Arc<std::sync::atomic::AtomicU64>,
+    }
+
+    impl VirtioDevice for Counter {
+        fn device_type(&self) -> u32 {
+            42
+        }
+        fn queue_max_sizes(&self) -> &[u16] {
+            &[16]
+        }
+        fn features(&self) -> u64 {
+            1 << 3
+        }
+        fn set_acked_features(&mut self, features: u64) {
+            self.acked
+                .store(features, std::sync::atomic::Ordering::SeqCst);
+        }
+        fn read_config(&self, offset: u64, data: &mut [u8]) {
+            read_config_bytes(&[0xaa, 0xbb], offset, data);
+        }
+        fn process_queue(&mut self, _: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+            let mut any = false;
+            while let Some(chain) = queue.pop_descriptor_chain(mem) {
+                queue.add_used(mem, chain.head_index(), 0).unwrap();
+                self.used.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                any = true;
+            }
+            any
+        }
+    }
+
+    struct Fixture {
+        transport: MmioTransport,
+        mem: GuestMemoryMmap,
+        used: Arc<std::sync::atomic::AtomicUsize>,
+        acked: Arc<std::sync::atomic::AtomicU64>,
+        interrupt: Arc<Interrupt>,
+    }
+
+    fn fixture() -> Fixture {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let used = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let acked = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let interrupt = Arc::new(Interrupt::new(EventFd::new(EFD_NONBLOCK).unwrap()));
+        let transport = MmioTransport::new(
+            Box::new(Counter {
+                used: used.clone(),
+                acked: acked.clone(),
+            }),
+            mem.clone(),
+            interrupt.clone(),
+        )
+        .unwrap();
+        Fixture {
+            transport,
+            mem,
+            used,
+            acked,
+            interrupt,
+        }
+    }
+
+    fn read(t: &mut MmioTransport, offset: u64) -> u32 {
+        let mut b = [0u8; 4];
+        t.read(offset, &mut b);
+        u32::from_le_bytes(b)
+    }
+
+    fn write(t: &mut MmioTransport, offset: u64, value: u32) {
+        t.write(offset, &value.to_le_bytes());
+    }
+
+    /// The Linux driver's sequence, up to FEATURES_OK, accepting `features`.
+    fn negotiate(t: &mut MmioTransport, features: u64) -> u32 {
+        write(t, REG_STATUS, status::ACKNOWLEDGE);
+        write(t, REG_STATUS, status::ACKNOWLEDGE | status::DRIVER);
+        write(t, REG_DRIVER_FEATURES_SEL, 0);
+        write(t, REG_DRIVER_FEATURES, features as u32);
+        write(t, REG_DRIVER_FEATURES_SEL, 1);
+        write(t, REG_DRIVER_FEATURES, (features >> 32) as u32);
+        write(
+            t,
+            REG_STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK,
+        );
+        read(t, REG_STATUS)
+    }
+
+    fn setup_queue(t: &mut MmioTransport, q: &MockSplitQueue<GuestMemoryMmap>) {
+        write(t, REG_QUEUE_SEL, 0);
+        write(t, REG_QUEUE_NUM, 16);
+        write(t, REG_QUEUE_DESC_LOW, q.desc_table_addr().0 as u32);
+        write(t, REG_QUEUE_DESC_HIGH, 0);
+        write(t, REG_QUEUE_DRIVER_LOW, q.avail_addr().0 as u32);
+        write(t, REG_QUEUE_DRIVER_HIGH, 0);
+        write(t, REG_QUEUE_DEVICE_LOW, q.used_addr().0 as u32);
+        write(t, REG_QUEUE_DEVICE_HIGH, 0);
+        write(t, REG_QUEUE_READY, 1);
+    }
+
+    #[test]
+    fn identifies_itself() {
+        let mut f = fixture();
+        let t = &mut f.transport;
+        assert_eq!(read(t, REG_MAGIC), MAGIC_VALUE);
+        assert_eq!(read(t, REG_VERSION), 2);
+        assert_eq!(read(t, REG_DEVICE_ID), 42);
+        write(t, REG_DEVICE_FEATURES_SEL, 1);
+        assert_eq!(
+            read(t, REG_DEVICE_FEATURES),
+            1,
+            "VERSION_1 in the high word"
+        );
+        write(t, REG_DEVICE_FEATURES_SEL, 0);
+        assert_eq!(read(t, REG_DEVICE_FEATURES), 1 << 3);
+        assert_eq!(read(t, REG_QUEUE_NUM_MAX), 16);
+        let mut cfg = [0u8; 2];
+        t.read(REG_CONFIG, &mut cfg);
+        assert_eq!(cfg, [0xaa, 0xbb]);
+        // Odd-sized or misaligned register reads are not served.
+        let mut b = [0xffu8; 2];
+        t.read(REG_MAGIC, &mut b);
+        assert_eq!(b, [0, 0]);
+    }
+
+    #[test]
+    fn full_setup_activates_and_serves_notifications() {
+        let mut f = fixture();
+        let q = MockSplitQueue::new(&f.mem, 16);
+        let status = negotiate(&mut f.transport, VIRTIO_F_VERSION_1 | 1 << 3);
+        assert_ne!(status & status::FEATURES_OK, 0);
+        assert_eq!(
+            f.acked.load(std::sync::atomic::Ordering::SeqCst),
+            VIRTIO_F_VERSION_1 | 1 << 3
+        );
+        setup_queue(&mut f.transport, &q);
+        write(&mut f.transport, REG_STATUS, 0xf);
+        assert!(f.transport.is_activated());
+
+        let desc = RawDescriptor::from(SplitDescriptor::new(0x8_0000, 16, 0, 0));
+        q.add_desc_chains(&[desc], 0).unwrap();
+        f.transport.notify_queue(0);
+        assert_eq!(f.used.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(
+            read(&mut f.transport, REG_INTERRUPT_STATUS),
+            INTERRUPT_USED_BUFFER
+        );
+        write(&mut f.transport, REG_INTERRUPT_ACK, INTERRUPT_USED_BUFFER);
+        assert_eq!(read(&mut f.transport, REG_INTERRUPT_STATUS), 0);
+
+        // Reset puts everything back.
+        write(&mut f.transport, REG_STATUS, 0);
+        assert!(!f.transport.is_activated());
+        assert_eq!(read(&mut f.transport, REG_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn features_we_did_not_offer_or_without_version_1_are_refused() {
+        let mut f = fixture();
+        let status = negotiate(&mut f.transport, VIRTIO_F_VERSION_1 | 1 << 7);
+        assert_eq!(status & status::FEATURES_OK, 0);
+        let mut f = fixture();
+        let status = negotiate(&mut f.transport, 1 << 3);
+        assert_eq!(
+            status & status::FEATURES_OK,
+            0,
+            "legacy drivers are not served"
+        );
+    }
+
+    #[test]
+    fn out_of_order_status_and_early_notifications_are_ignored() {
+        let mut f = fixture();
+        write(
+            &mut f.transport,
+            REG_STATUS,
+            status::ACKNOWLEDGE | status::DRIVER | status::FEATURES_OK | status::DRIVER_OK,
+        );
+        assert_eq!(read(&mut f.transport, REG_STATUS), 0);
+        write(&mut f.transport, REG_STATUS, status::DRIVER);
+        assert_eq!(
+            read(&mut f.transport, REG_STATUS),
+            0,
+            "DRIVER before ACKNOWLEDGE"
+        );
+        // Queue registers before FEATURES_OK are ignored.
+        write(&mut f.transport, REG_QUEUE_READY, 1);
+        assert_eq!(read(&mut f.transport, REG_QUEUE_READY), 0);
+        // Notifying before activation does nothing; an unknown queue index neither.
+        write(&mut f.transport, REG_QUEUE_NOTIFY, 0);
+        write(&mut f.transport, REG_QUEUE_NOTIFY, 7);
+        assert_eq!(f.used.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn driver_ok_with_a_queue_outside_memory_needs_reset() {
+        let mut f = fixture();
+        negotiate(&mut f.transport, VIRTIO_F_VERSION_1);
+        write(&mut f.transport, REG_QUEUE_NUM, 16);
+        write(&mut f.transport, REG_QUEUE_DESC_LOW, 0xfff0_0000);
+        write(&mut f.transport, REG_QUEUE_READY, 1);
+        write(&mut f.transport, REG_STATUS, 0xf);
+        assert!(!f.transport.is_activated());
+        assert_ne!(
+            read(&mut f.transport, REG_STATUS) & status::DEVICE_NEEDS_RESET,
+            0
+        );
+        assert_ne!(f.interrupt.status() & INTERRUPT_CONFIG_CHANGE, 0);
+    }
+}

@@ -1,0 +1,139 @@
+//! virtio: the device model (independent of the transport), the MMIO transport, and the devices.
+//!
+//! A device offers features and queue sizes, exposes a config space, and processes a queue when
+//! the driver notifies it; the transport owns the queues and the register interface. Another
+//! transport (PCI) could drive the same [`VirtioDevice`]s.
+
+pub mod block;
+pub mod block_request;
+pub mod mmio;
+pub mod rng;
+
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::eventfd::EventFd;
+
+/// The device speaks virtio 1.x (the "modern" interface): the only version we offer.
+pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+
+/// Device types (virtio 1.2, 5).
+pub const TYPE_BLOCK: u32 = 2;
+pub const TYPE_RNG: u32 = 4;
+
+/// Device status bits (virtio 1.2, 2.1).
+pub mod status {
+    pub const ACKNOWLEDGE: u32 = 1;
+    pub const DRIVER: u32 = 2;
+    pub const DRIVER_OK: u32 = 4;
+    pub const FEATURES_OK: u32 = 8;
+    pub const DEVICE_NEEDS_RESET: u32 = 64;
+    pub const FAILED: u32 = 128;
+}
+
+/// A virtio device, independent of how the driver reaches it.
+pub trait VirtioDevice: Send {
+    /// The virtio device type.
+    fn device_type(&self) -> u32;
+    /// Largest size of each of the device's queues (their count is the number of queues).
+    fn queue_max_sizes(&self) -> &[u16];
+    /// Feature bits offered to the driver.
+    fn features(&self) -> u64;
+    /// The features the driver accepted (a subset of [`Self::features`]).
+    fn set_acked_features(&mut self, _features: u64) {}
+    /// Reads the device-specific config space; bytes past its end read as zero.
+    fn read_config(&self, offset: u64, data: &mut [u8]);
+    /// Writes the device-specific config space (read-only for our devices: ignored).
+    fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
+    /// Serves every available buffer of queue `index`; returns true if any was used.
+    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// Back to the state before the driver's first access.
+    fn reset(&mut self) {}
+}
+
+/// Copies the part of `config` at `offset` into `data`; whatever lies past `config` reads as zero.
+pub fn read_config_bytes(config: &[u8], offset: u64, data: &mut [u8]) {
+    data.fill(0);
+    let Ok(offset) = usize::try_from(offset) else {
+        return;
+    };
+    if let Some(src) = config.get(offset..) {
+        let n = src.len().min(data.len());
+        data[..n].copy_from_slice(&src[..n]);
+    }
+}
+
+/// Interrupt status bits (the MMIO `InterruptStatus` register).
+pub const INTERRUPT_USED_BUFFER: u32 = 1;
+pub const INTERRUPT_CONFIG_CHANGE: u32 = 2;
+
+/// A device's interrupt: the status the driver reads and acknowledges, and the irqfd that raises
+/// the guest interrupt line.
+pub struct Interrupt {
+    status: AtomicU32,
+    irqfd: EventFd,
+}
+
+impl Interrupt {
+    pub fn new(irqfd: EventFd) -> Self {
+        Self {
+            status: AtomicU32::new(0),
+            irqfd,
+        }
+    }
+
+    /// Sets `bits` in the status and raises the interrupt.
+    pub fn trigger(&self, bits: u32) {
+        self.status.fetch_or(bits, Ordering::SeqCst);
+        // An eventfd write only fails when its counter would overflow, and then it is already
+        // signalled.
+        let _ = self.irqfd.write(1);
+    }
+
+    pub fn status(&self) -> u32 {
+        self.status.load(Ordering::SeqCst)
+    }
+
+    /// The driver acknowledged `bits`.
+    pub fn acknowledge(&self, bits: u32) {
+        self.status.fetch_and(!bits, Ordering::SeqCst);
+    }
+
+    pub fn clear(&self) {
+        self.status.store(0, Ordering::SeqCst);
+    }
+
+    /// The irqfd, for registration with KVM.
+    pub fn irqfd(&self) -> &EventFd {
+        &self.irqfd
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_reads_are_bounded_and_zero_filled() {
+        let config = [1u8, 2, 3, 4];
+        let mut buf = [9u8; 4];
+        read_config_bytes(&config, 2, &mut buf);
+        assert_eq!(buf, [3, 4, 0, 0]);
+        read_config_bytes(&config, 100, &mut buf);
+        assert_eq!(buf, [0; 4]);
+        read_config_bytes(&config, u64::MAX, &mut buf);
+        assert_eq!(buf, [0; 4]);
+    }
+
+    #[test]
+    fn interrupt_status_is_set_and_acknowledged() {
+        let irq = Interrupt::new(EventFd::new(vmm_sys_util::eventfd::EFD_NONBLOCK).unwrap());
+        irq.trigger(INTERRUPT_USED_BUFFER);
+        irq.trigger(INTERRUPT_CONFIG_CHANGE);
+        assert_eq!(irq.status(), 3);
+        assert_eq!(irq.irqfd().read().unwrap(), 2);
+        irq.acknowledge(INTERRUPT_USED_BUFFER);
+        assert_eq!(irq.status(), INTERRUPT_CONFIG_CHANGE);
+    }
+}

@@ -1,0 +1,131 @@
+//! virtio-rng: fills the guest's buffers with bytes from the host's `getrandom`.
+
+use virtio_queue::{Queue, QueueT};
+use vm_memory::{Bytes, GuestMemoryMmap};
+
+use super::block_request::Desc;
+use super::{VirtioDevice, TYPE_RNG};
+
+/// Size of the one request queue.
+pub const QUEUE_SIZE: u16 = 256;
+/// Most bytes served per buffer chain, so one request cannot keep the VMM busy.
+const MAX_BYTES_PER_CHAIN: usize = 64 << 10;
+
+/// The entropy device.
+#[derive(Default)]
+pub struct Rng;
+
+/// Fills `buf` from the kernel's CSPRNG.
+fn getrandom(buf: &mut [u8]) -> bool {
+    let mut filled = 0;
+    while filled < buf.len() {
+        let rest = &mut buf[filled..];
+        // SAFETY: `rest` is valid for writes of `rest.len()` bytes.
+        let n = unsafe { libc::getrandom(rest.as_mut_ptr().cast(), rest.len(), 0) };
+        match usize::try_from(n) {
+            Ok(n) => filled += n,
+            Err(_) if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
+            }
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+impl Rng {
+    /// Fills the writable buffers of one chain; returns the bytes written.
+    fn fill(&self, descs: &[Desc], mem: &GuestMemoryMmap) -> u32 {
+        let mut written = 0usize;
+        let mut buf = Vec::new();
+        for d in descs.iter().filter(|d| d.write_only) {
+            let n = (d.len as usize).min(MAX_BYTES_PER_CHAIN - written);
+            if n == 0 {
+                break;
+            }
+            buf.resize(n, 0);
+            if !getrandom(&mut buf)
+                || mem
+                    .write_slice(&buf, vm_memory::GuestAddress(d.addr))
+                    .is_err()
+            {
+                break;
+            }
+            written += n;
+        }
+        written as u32
+    }
+}
+
+impl VirtioDevice for Rng {
+    fn device_type(&self) -> u32 {
+        TYPE_RNG
+    }
+
+    fn queue_max_sizes(&self) -> &[u16] {
+        &[QUEUE_SIZE]
+    }
+
+    fn features(&self) -> u64 {
+        0
+    }
+
+    fn read_config(&self, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+
+    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        let mut used_any = false;
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            let head = chain.head_index();
+            let descs: Vec<Desc> = chain.map(Desc::from).collect();
+            let len = self.fill(&descs, mem);
+            if queue.add_used(mem, head, len).is_err() {
+                break;
+            }
+            used_any = true;
+        }
+        used_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
+    use virtio_queue::mock::MockSplitQueue;
+    use vm_memory::{Address, GuestAddress};
+
+    #[test]
+    fn fills_writable_buffers_with_random_bytes() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let q = MockSplitQueue::new(&mem, 16);
+        q.build_desc_chain(&[
+            RawDescriptor::from(SplitDescriptor::new(0x2000, 64, 2, 0)),
+            RawDescriptor::from(SplitDescriptor::new(0x3000, 64, 0, 0)), // read-only: skipped
+        ])
+        .unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        assert!(Rng.process_queue(0, &mut queue, &mem));
+        let used_len: u32 = mem.read_obj(q.used_addr().unchecked_add(8)).unwrap();
+        assert_eq!(used_len, 64);
+        let mut buf = [0u8; 64];
+        mem.read_slice(&mut buf, GuestAddress(0x2000)).unwrap();
+        assert!(buf.iter().any(|b| *b != 0));
+        mem.read_slice(&mut buf, GuestAddress(0x3000)).unwrap();
+        assert_eq!(buf, [0u8; 64]);
+    }
+
+    #[test]
+    fn buffers_outside_memory_are_returned_empty() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let q = MockSplitQueue::new(&mem, 16);
+        q.build_desc_chain(&[RawDescriptor::from(SplitDescriptor::new(
+            0xfff00, 0x1000, 2, 0,
+        ))])
+        .unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        assert!(Rng.process_queue(0, &mut queue, &mem));
+        let used_len: u32 = mem.read_obj(q.used_addr().unchecked_add(8)).unwrap();
+        assert_eq!(used_len, 0);
+    }
+}
