@@ -60,21 +60,33 @@ pub fn mount_disk(spec: &MountSpec) -> Result<(), MountError> {
     };
     std::fs::create_dir_all(&spec.path).map_err(err)?;
     let flags = if spec.read_only { libc::MS_RDONLY } else { 0 } | libc::MS_NOSUID | libc::MS_NODEV;
-    let (src, tgt, fst) = (cstr(&spec.device), cstr(&spec.path), cstr(&spec.fstype));
-    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call; no data.
+    mount(&spec.device, &spec.path, &spec.fstype, flags, "").map_err(err)
+}
+
+/// mount(2).
+fn mount(
+    source: &str,
+    target: &str,
+    fstype: &str,
+    flags: libc::c_ulong,
+    options: &str,
+) -> std::io::Result<()> {
+    let (src, tgt, fst, opts) = (cstr(source), cstr(target), cstr(fstype), cstr(options));
+    // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
     let rc = unsafe {
         libc::mount(
             src.as_ptr(),
             tgt.as_ptr(),
             fst.as_ptr(),
             flags,
-            std::ptr::null(),
+            opts.as_ptr().cast(),
         )
     };
-    if rc != 0 {
-        return Err(err(std::io::Error::last_os_error()));
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
-    Ok(())
 }
 
 /// Mounts /proc, /sys, /dev (devtmpfs) and /tmp.
@@ -82,24 +94,11 @@ pub fn mount_pseudo_filesystems() -> Result<(), MountError> {
     for (fstype, target, flags, options) in MOUNTS {
         std::fs::create_dir_all(target)
             .map_err(|source| MountError::MountPoint { target, source })?;
-        let (src, tgt, fst, opts) = (cstr(fstype), cstr(target), cstr(fstype), cstr(options));
-        // SAFETY: every pointer is a valid NUL-terminated string that outlives the call.
-        let rc = unsafe {
-            libc::mount(
-                src.as_ptr(),
-                tgt.as_ptr(),
-                fst.as_ptr(),
-                flags,
-                opts.as_ptr().cast(),
-            )
-        };
-        if rc != 0 {
-            return Err(MountError::Mount {
-                fstype,
-                target,
-                source: std::io::Error::last_os_error(),
-            });
-        }
+        mount(fstype, target, fstype, flags, options).map_err(|source| MountError::Mount {
+            fstype,
+            target,
+            source,
+        })?;
     }
     Ok(())
 }

@@ -5,13 +5,13 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::block_request::{
     find_status, parse, Desc, Request, RequestKind, ID_BYTES, MAX_SEGMENTS, SECTOR_SIZE,
 };
-use super::{read_config_bytes, VirtioDevice, TYPE_BLOCK};
+use super::{read_config_bytes, serve_queue, VirtioDevice, TYPE_BLOCK};
 
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
@@ -188,18 +188,7 @@ impl VirtioDevice for Block {
     }
 
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let descs: Vec<Desc> = chain.map(Desc::from).collect();
-            let len = self.handle(&descs, mem);
-            if queue.add_used(mem, head, len).is_err() {
-                // The used ring is not in guest memory: nothing more can be returned.
-                break;
-            }
-            used_any = true;
-        }
-        used_any
+        serve_queue(queue, mem, |descs| self.handle(descs, mem))
     }
 }
 

@@ -4,6 +4,8 @@
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
+pub use super::Desc;
+
 /// Bytes in a sector, the unit of request offsets.
 pub const SECTOR_SIZE: u64 = 512;
 /// Size of the request header (type, reserved, sector).
@@ -20,26 +22,6 @@ pub const VIRTIO_BLK_T_IN: u32 = 0;
 pub const VIRTIO_BLK_T_OUT: u32 = 1;
 pub const VIRTIO_BLK_T_FLUSH: u32 = 4;
 pub const VIRTIO_BLK_T_GET_ID: u32 = 8;
-
-/// One descriptor as the parser sees it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Desc {
-    pub addr: u64,
-    pub len: u32,
-    pub write_only: bool,
-    pub has_next: bool,
-}
-
-impl From<virtio_queue::desc::split::Descriptor> for Desc {
-    fn from(d: virtio_queue::desc::split::Descriptor) -> Self {
-        Self {
-            addr: d.addr().0,
-            len: d.len(),
-            write_only: d.is_write_only(),
-            has_next: d.has_next(),
-        }
-    }
-}
 
 /// What a request asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

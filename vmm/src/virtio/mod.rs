@@ -11,7 +11,7 @@ pub mod rng;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::eventfd::EventFd;
 
@@ -50,6 +50,47 @@ pub trait VirtioDevice: Send {
     fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
     /// Back to the state before the driver's first access.
     fn reset(&mut self) {}
+}
+
+/// One descriptor of a chain, as devices see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Desc {
+    pub addr: u64,
+    pub len: u32,
+    pub write_only: bool,
+    pub has_next: bool,
+}
+
+impl From<virtio_queue::desc::split::Descriptor> for Desc {
+    fn from(d: virtio_queue::desc::split::Descriptor) -> Self {
+        Self {
+            addr: d.addr().0,
+            len: d.len(),
+            write_only: d.is_write_only(),
+            has_next: d.has_next(),
+        }
+    }
+}
+
+/// Serves every available chain of `queue` with `handle`, which returns the used length to
+/// report; returns true if any chain was used.
+pub fn serve_queue(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    mut handle: impl FnMut(&[Desc]) -> u32,
+) -> bool {
+    let mut used_any = false;
+    while let Some(chain) = queue.pop_descriptor_chain(mem) {
+        let head = chain.head_index();
+        let descs: Vec<Desc> = chain.map(Desc::from).collect();
+        let len = handle(&descs);
+        if queue.add_used(mem, head, len).is_err() {
+            // The used ring is not in guest memory: nothing more can be returned.
+            break;
+        }
+        used_any = true;
+    }
+    used_any
 }
 
 /// Copies the part of `config` at `offset` into `data`; whatever lies past `config` reads as zero.

@@ -1,10 +1,9 @@
 //! virtio-rng: fills the guest's buffers with bytes from the host's `getrandom`.
 
-use virtio_queue::{Queue, QueueT};
+use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::block_request::Desc;
-use super::{VirtioDevice, TYPE_RNG};
+use super::{serve_queue, Desc, VirtioDevice, TYPE_RNG};
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -74,17 +73,7 @@ impl VirtioDevice for Rng {
     }
 
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        let mut used_any = false;
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let descs: Vec<Desc> = chain.map(Desc::from).collect();
-            let len = self.fill(&descs, mem);
-            if queue.add_used(mem, head, len).is_err() {
-                break;
-            }
-            used_any = true;
-        }
-        used_any
+        serve_queue(queue, mem, |descs| self.fill(descs, mem))
     }
 }
 
