@@ -16,19 +16,30 @@ struct Args {
     /// Extra host file to add, as HOST_PATH=GUEST_PATH (repeatable).
     #[arg(long = "file", value_name = "HOST=GUEST")]
     files: Vec<String>,
+    /// Extra dynamically linked host binary, with the shared libraries it needs, as
+    /// HOST_PATH=GUEST_PATH (repeatable).
+    #[arg(long = "binary", value_name = "HOST=GUEST")]
+    binaries: Vec<String>,
     /// Where to write the archive.
     #[arg(long)]
     out: PathBuf,
+}
+
+fn split(spec: &str) -> anyhow::Result<(&str, &str)> {
+    spec.split_once('=')
+        .with_context(|| format!("{spec:?}: expected HOST_PATH=GUEST_PATH"))
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let mut fs = Initramfs::guest(&args.init)?;
     for spec in &args.files {
-        let (host, guest) = spec
-            .split_once('=')
-            .with_context(|| format!("--file {spec:?}: expected HOST_PATH=GUEST_PATH"))?;
+        let (host, guest) = split(spec)?;
         fs.host_file(guest, host.as_ref(), None)?;
+    }
+    for spec in &args.binaries {
+        let (host, guest) = split(spec)?;
+        fs.host_binary(guest, host.as_ref())?;
     }
     fs.write_to(&args.out)?;
     Ok(())

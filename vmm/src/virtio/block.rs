@@ -3,10 +3,11 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use virtio_queue::Queue;
-use vm_memory::{Bytes, GuestMemoryMmap};
+use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::block_request::{
     find_status, parse, Desc, Request, RequestKind, ID_BYTES, MAX_SEGMENTS, SECTOR_SIZE,
@@ -132,22 +133,33 @@ impl Block {
         }
     }
 
-    /// Moves the request's data between guest memory and the file.
+    /// Moves the request's data between guest memory and the file with one vectored system call
+    /// (more only on a short transfer).
     fn transfer(&mut self, req: &Request, mem: &GuestMemoryMmap, to_disk: bool) -> Result<(), ()> {
-        // parse() checked that the range lies within the disk.
-        self.file
-            .seek(SeekFrom::Start(req.sector * SECTOR_SIZE))
-            .map_err(|_| ())?;
+        let access = if to_disk {
+            Permissions::Read
+        } else {
+            Permissions::Write
+        };
+        let mut guards = Vec::with_capacity(req.data.len());
+        let mut iovecs = Vec::with_capacity(req.data.len());
         for seg in &req.data {
-            let len = seg.len as usize;
-            let moved = if to_disk {
-                mem.write_all_volatile_to(seg.addr, &mut self.file, len)
-            } else {
-                mem.read_exact_volatile_from(seg.addr, &mut self.file, len)
-            };
-            moved.map_err(|_| ())?;
+            // parse() checked that each segment lies in guest memory.
+            let slices =
+                GuestMemory::get_slices(mem, seg.addr, seg.len as usize, access).map_err(|_| ())?;
+            for slice in slices {
+                let slice = slice.map_err(|_| ())?;
+                let guard = slice.ptr_guard_mut();
+                iovecs.push(libc::iovec {
+                    iov_base: guard.as_ptr().cast(),
+                    iov_len: slice.len(),
+                });
+                guards.push(guard);
+            }
         }
-        Ok(())
+        // parse() checked that the range lies within the disk.
+        let offset = req.sector * SECTOR_SIZE;
+        transfer_vectored(self.file.as_raw_fd(), &mut iovecs, offset, to_disk).map_err(|_| ())
     }
 
     /// Handles one descriptor chain; returns the used length to report.
@@ -191,6 +203,62 @@ impl VirtioDevice for Block {
         serve_queue(queue, mem, |descs| self.handle(descs, mem))
     }
 }
+
+/// `preadv`/`pwritev` of all of `iovecs` at `offset`, continuing after short transfers.
+fn transfer_vectored(
+    fd: std::os::fd::RawFd,
+    mut iovecs: &mut [libc::iovec],
+    mut offset: u64,
+    write: bool,
+) -> std::io::Result<()> {
+    while !iovecs.is_empty() {
+        let count = iovecs.len().min(IOV_MAX);
+        let offset_arg = libc::off_t::try_from(offset)
+            .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+        // SAFETY: each iovec describes a live range of guest memory (its PtrGuard is held by the
+        // caller for the duration of the call) and `count` does not exceed the slice's length.
+        let n = unsafe {
+            if write {
+                libc::pwritev(fd, iovecs.as_ptr(), count as libc::c_int, offset_arg)
+            } else {
+                libc::preadv(fd, iovecs.as_ptr(), count as libc::c_int, offset_arg)
+            }
+        };
+        let done = match usize::try_from(n) {
+            Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+            Ok(n) => n,
+            Err(_) => {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err);
+            }
+        };
+        offset += done as u64;
+        iovecs = advance_iovecs(iovecs, done);
+    }
+    Ok(())
+}
+
+/// Drops the iovecs of which `done` bytes covered all, and trims the one covered in part.
+fn advance_iovecs(mut iovecs: &mut [libc::iovec], mut done: usize) -> &mut [libc::iovec] {
+    while let Some(first) = iovecs.first_mut() {
+        if done >= first.iov_len {
+            done -= first.iov_len;
+            iovecs = &mut iovecs[1..];
+        } else {
+            // SAFETY: `done` < `iov_len`, so the new base stays inside the same range.
+            first.iov_base = unsafe { first.iov_base.cast::<u8>().add(done) }.cast();
+            first.iov_len -= done;
+            break;
+        }
+    }
+    iovecs
+}
+
+/// Most iovecs one `preadv`/`pwritev` accepts.
+const IOV_MAX: usize = 1024;
 
 #[cfg(test)]
 mod tests {
@@ -462,6 +530,35 @@ mod tests {
         assert!(block.process_queue(0, &mut queue, &m));
         let used_len: u32 = m.read_obj(q.used_addr().unchecked_add(8)).unwrap();
         assert_eq!(used_len, 0);
+    }
+
+    #[test]
+    fn short_transfers_resume_inside_the_right_iovec() {
+        let (mut a, mut b) = ([0u8; 3], [0u8; 5]);
+        let mut iov = [
+            libc::iovec {
+                iov_base: a.as_mut_ptr().cast(),
+                iov_len: 3,
+            },
+            libc::iovec {
+                iov_base: b.as_mut_ptr().cast(),
+                iov_len: 5,
+            },
+        ];
+        let b_base = b.as_mut_ptr() as usize;
+        let rest = advance_iovecs(&mut iov, 4);
+        assert_eq!(rest.len(), 1);
+        assert_eq!(
+            (rest[0].iov_base as usize, rest[0].iov_len),
+            (b_base + 1, 4)
+        );
+        let rest = advance_iovecs(rest, 4);
+        assert!(rest.is_empty());
+        let mut iov = [libc::iovec {
+            iov_base: a.as_mut_ptr().cast(),
+            iov_len: 3,
+        }];
+        assert_eq!(advance_iovecs(&mut iov, 0).len(), 1);
     }
 
     #[test]
