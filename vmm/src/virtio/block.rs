@@ -5,14 +5,16 @@ use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom};
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc};
 
-use virtio_queue::Queue;
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemory, GuestMemoryMmap, Permissions};
 
 use super::block_request::{
-    find_status, parse, Desc, Request, RequestKind, ID_BYTES, MAX_SEGMENTS, SECTOR_SIZE,
+    find_status, parse, Desc, Request, RequestError, RequestKind, ID_BYTES, MAX_SEGMENTS,
+    SECTOR_SIZE,
 };
-use super::{read_config_bytes, serve_queue, VirtioDevice, TYPE_BLOCK};
+use super::{read_config_bytes, VirtioDevice, TYPE_BLOCK};
 
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
@@ -42,12 +44,44 @@ pub enum BlockError {
 
 /// A virtio block device.
 pub struct Block {
-    file: File,
+    file: Arc<File>,
     read_only: bool,
     /// Size in sectors.
     capacity: u64,
     id: [u8; ID_BYTES],
     config: Vec<u8>,
+    /// Started on the first batch with several transfers.
+    helper: Option<IoHelper>,
+}
+
+/// A transfer handed to the I/O helper: (index in the batch, the request, direction).
+type Job = (usize, Request, bool);
+
+/// A thread that performs some of a batch's transfers while the VMM thread performs the others,
+/// so that requests the guest has in flight together use two host CPUs. It has its own handle on
+/// guest memory and the disk file; no pointers cross threads.
+struct IoHelper {
+    jobs: mpsc::Sender<Job>,
+    done: mpsc::Receiver<(usize, bool)>,
+}
+
+impl IoHelper {
+    fn spawn(file: Arc<File>, mem: GuestMemoryMmap) -> std::io::Result<Self> {
+        let (jobs, job_rx) = mpsc::channel::<Job>();
+        let (done_tx, done) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("blk-io".into())
+            .spawn(move || {
+                // Ends when the device (and with it the job sender) is dropped.
+                for (index, request, to_disk) in job_rx {
+                    let ok = transfer(&file, &mem, &request, to_disk);
+                    if done_tx.send((index, ok)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+        Ok(Self { jobs, done })
+    }
 }
 
 impl Block {
@@ -82,11 +116,12 @@ impl Block {
         config.extend_from_slice(&0u32.to_le_bytes());
         config.extend_from_slice(&(MAX_SEGMENTS as u32).to_le_bytes());
         Ok(Self {
-            file,
+            file: Arc::new(file),
             read_only,
             capacity,
             id: id_bytes,
             config,
+            helper: None,
         })
     }
 
@@ -95,18 +130,26 @@ impl Block {
         self.capacity
     }
 
+    /// Whether `req` moves data between guest memory and the file.
+    fn is_transfer(&self, req: &Request) -> bool {
+        req.kind == RequestKind::In || (req.kind == RequestKind::Out && !self.read_only)
+    }
+
     /// Serves one valid request; returns its status and the bytes written to the guest.
-    fn execute(&mut self, req: &Request, mem: &GuestMemoryMmap) -> (u8, u32) {
+    /// `transferred` is the outcome of its transfer when that already ran elsewhere.
+    fn execute(
+        &mut self,
+        req: &Request,
+        mem: &GuestMemoryMmap,
+        transferred: Option<bool>,
+    ) -> (u8, u32) {
+        let transfer_now =
+            |to_disk| transferred.unwrap_or_else(|| transfer(&self.file, mem, req, to_disk));
         match req.kind {
-            RequestKind::In => match self.transfer(req, mem, false) {
-                Ok(()) => (VIRTIO_BLK_S_OK, req.data_len() as u32),
-                Err(()) => (VIRTIO_BLK_S_IOERR, 0),
-            },
+            RequestKind::In if transfer_now(false) => (VIRTIO_BLK_S_OK, req.data_len() as u32),
             RequestKind::Out if self.read_only => (VIRTIO_BLK_S_IOERR, 0),
-            RequestKind::Out => match self.transfer(req, mem, true) {
-                Ok(()) => (VIRTIO_BLK_S_OK, 0),
-                Err(()) => (VIRTIO_BLK_S_IOERR, 0),
-            },
+            RequestKind::Out if transfer_now(true) => (VIRTIO_BLK_S_OK, 0),
+            RequestKind::In | RequestKind::Out => (VIRTIO_BLK_S_IOERR, 0),
             RequestKind::Flush if self.read_only => (VIRTIO_BLK_S_OK, 0),
             RequestKind::Flush => match self.file.sync_data() {
                 Ok(()) => (VIRTIO_BLK_S_OK, 0),
@@ -133,40 +176,17 @@ impl Block {
         }
     }
 
-    /// Moves the request's data between guest memory and the file with one vectored system call
-    /// (more only on a short transfer).
-    fn transfer(&mut self, req: &Request, mem: &GuestMemoryMmap, to_disk: bool) -> Result<(), ()> {
-        let access = if to_disk {
-            Permissions::Read
-        } else {
-            Permissions::Write
-        };
-        let mut guards = Vec::with_capacity(req.data.len());
-        let mut iovecs = Vec::with_capacity(req.data.len());
-        for seg in &req.data {
-            // parse() checked that each segment lies in guest memory.
-            let slices =
-                GuestMemory::get_slices(mem, seg.addr, seg.len as usize, access).map_err(|_| ())?;
-            for slice in slices {
-                let slice = slice.map_err(|_| ())?;
-                let guard = slice.ptr_guard_mut();
-                iovecs.push(libc::iovec {
-                    iov_base: guard.as_ptr().cast(),
-                    iov_len: slice.len(),
-                });
-                guards.push(guard);
-            }
-        }
-        // parse() checked that the range lies within the disk.
-        let offset = req.sector * SECTOR_SIZE;
-        transfer_vectored(self.file.as_raw_fd(), &mut iovecs, offset, to_disk).map_err(|_| ())
-    }
-
-    /// Handles one descriptor chain; returns the used length to report.
-    fn handle(&mut self, descs: &[Desc], mem: &GuestMemoryMmap) -> u32 {
-        match parse(descs.iter().copied(), mem, self.capacity) {
+    /// Completes one descriptor chain given its parse result; returns the used length to report.
+    fn complete(
+        &mut self,
+        descs: &[Desc],
+        parsed: Result<Request, RequestError>,
+        transferred: Option<bool>,
+        mem: &GuestMemoryMmap,
+    ) -> u32 {
+        match parsed {
             Ok(req) => {
-                let (status, written) = self.execute(&req, mem);
+                let (status, written) = self.execute(&req, mem, transferred);
                 // The status address was validated by parse().
                 let _ = mem.write_obj(status, req.status);
                 written + 1
@@ -179,6 +199,87 @@ impl Block {
             Err(_) => 0,
         }
     }
+
+    /// Runs the transfers among `parsed` on the helper and this thread, half each; returns each
+    /// request's transfer outcome (None for requests that are not transfers).
+    fn run_transfers(
+        &mut self,
+        parsed: &[Result<Request, RequestError>],
+        mem: &GuestMemoryMmap,
+    ) -> Vec<Option<bool>> {
+        let mut outcome = vec![None; parsed.len()];
+        let transfers: Vec<(usize, &Request)> = parsed
+            .iter()
+            .enumerate()
+            .filter_map(|(i, r)| {
+                r.as_ref()
+                    .ok()
+                    .filter(|r| self.is_transfer(r))
+                    .map(|r| (i, r))
+            })
+            .collect();
+        if transfers.len() < 2 {
+            return outcome; // executed inline, in order
+        }
+        if self.helper.is_none() {
+            self.helper = IoHelper::spawn(self.file.clone(), mem.clone()).ok();
+        }
+        let mut sent = 0;
+        if let Some(helper) = &self.helper {
+            for (i, req) in transfers.iter().skip(1).step_by(2) {
+                let job = (*i, (*req).clone(), req.kind == RequestKind::Out);
+                if helper.jobs.send(job).is_ok() {
+                    sent += 1;
+                }
+            }
+        }
+        for (i, req) in transfers.iter().step_by(if sent > 0 { 2 } else { 1 }) {
+            outcome[*i] = Some(transfer(&self.file, mem, req, req.kind == RequestKind::Out));
+        }
+        if let Some(helper) = &self.helper {
+            for _ in 0..sent {
+                match helper.done.recv() {
+                    Ok((i, ok)) => outcome[i] = Some(ok),
+                    // The helper is gone: what it had not finished counts as failed.
+                    Err(_) => break,
+                }
+            }
+        }
+        for (i, _) in &transfers {
+            outcome[*i].get_or_insert(false);
+        }
+        outcome
+    }
+}
+
+/// Moves a request's data between guest memory and the file with one vectored system call (more
+/// only on a short transfer). Returns whether it all moved.
+fn transfer(file: &File, mem: &GuestMemoryMmap, req: &Request, to_disk: bool) -> bool {
+    let access = if to_disk {
+        Permissions::Read
+    } else {
+        Permissions::Write
+    };
+    let mut guards = Vec::with_capacity(req.data.len());
+    let mut iovecs = Vec::with_capacity(req.data.len());
+    for seg in &req.data {
+        // parse() checked that each segment lies in guest memory.
+        let Ok(slices) = GuestMemory::get_slices(mem, seg.addr, seg.len as usize, access) else {
+            return false;
+        };
+        for slice in slices {
+            let Ok(slice) = slice else { return false };
+            let guard = slice.ptr_guard_mut();
+            iovecs.push(libc::iovec {
+                iov_base: guard.as_ptr().cast(),
+                iov_len: slice.len(),
+            });
+            guards.push(guard);
+        }
+    }
+    // parse() checked that the range lies within the disk.
+    let offset = req.sector * SECTOR_SIZE;
+    transfer_vectored(file.as_raw_fd(), &mut iovecs, offset, to_disk).is_ok()
 }
 
 impl VirtioDevice for Block {
@@ -199,8 +300,31 @@ impl VirtioDevice for Block {
         read_config_bytes(&self.config, offset, data);
     }
 
+    /// Takes every available request, runs their transfers (in parallel when there are several),
+    /// then completes them in order: flushes and ids run after the batch's transfers.
     fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
-        serve_queue(queue, mem, |descs| self.handle(descs, mem))
+        let mut chains = Vec::new();
+        while let Some(chain) = queue.pop_descriptor_chain(mem) {
+            chains.push((
+                chain.head_index(),
+                chain.map(Desc::from).collect::<Vec<_>>(),
+            ));
+        }
+        let parsed: Vec<_> = chains
+            .iter()
+            .map(|(_, descs)| parse(descs.iter().copied(), mem, self.capacity))
+            .collect();
+        let transferred = self.run_transfers(&parsed, mem);
+        let mut used_any = false;
+        for (((head, descs), parsed), transferred) in chains.iter().zip(parsed).zip(transferred) {
+            let len = self.complete(descs, parsed, transferred, mem);
+            if queue.add_used(mem, *head, len).is_err() {
+                // The used ring is not in guest memory: nothing more can be returned.
+                break;
+            }
+            used_any = true;
+        }
+        used_any
     }
 }
 
@@ -511,6 +635,89 @@ mod tests {
             0x3000,
         );
         assert_eq!((len, st), (513, VIRTIO_BLK_S_OK));
+    }
+
+    #[test]
+    fn a_batch_of_requests_is_served_in_parallel_and_completed_in_order() {
+        let mut content = vec![0u8; 16 * 512];
+        for (i, sector) in content.chunks_mut(512).enumerate() {
+            sector.fill(i as u8);
+        }
+        let disk = Disk::new("batch", &content);
+        let mut block = Block::open(&disk.path, false, "b").unwrap();
+        let m = mem();
+        let q = MockSplitQueue::new(&m, 32);
+        // Four reads of sectors 1..=4 into four buffers, then a write of sector 9 and a flush.
+        let mut descs = Vec::new();
+        for i in 0..4u64 {
+            put_header(&m, 0x1000 + 0x100 * i, VIRTIO_BLK_T_IN, i + 1);
+            descs.push(RawDescriptor::from(SplitDescriptor::new(
+                0x1000 + 0x100 * i,
+                16,
+                F_NEXT,
+                (descs.len() + 1) as u16,
+            )));
+            descs.push(RawDescriptor::from(SplitDescriptor::new(
+                0x8000 + 0x1000 * i,
+                512,
+                F_NEXT | F_WRITE,
+                (descs.len() + 1) as u16,
+            )));
+            descs.push(RawDescriptor::from(SplitDescriptor::new(
+                0x7000 + i,
+                1,
+                F_WRITE,
+                0,
+            )));
+        }
+        m.write_slice(&[0xee; 512], GuestAddress(0xe000)).unwrap();
+        put_header(&m, 0x1800, VIRTIO_BLK_T_OUT, 9);
+        descs.push(RawDescriptor::from(SplitDescriptor::new(
+            0x1800, 16, F_NEXT, 13,
+        )));
+        descs.push(RawDescriptor::from(SplitDescriptor::new(
+            0xe000, 512, F_NEXT, 14,
+        )));
+        descs.push(RawDescriptor::from(SplitDescriptor::new(
+            0x7010, 1, F_WRITE, 0,
+        )));
+        put_header(&m, 0x1900, VIRTIO_BLK_T_FLUSH, 0);
+        descs.push(RawDescriptor::from(SplitDescriptor::new(
+            0x1900, 16, F_NEXT, 16,
+        )));
+        descs.push(RawDescriptor::from(SplitDescriptor::new(
+            0x7011, 1, F_WRITE, 0,
+        )));
+        q.add_desc_chains(&descs, 0).unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        assert!(block.process_queue(0, &mut queue, &m));
+        assert!(block.helper.is_some(), "several transfers start the helper");
+        for i in 0..4u64 {
+            let mut buf = [0u8; 512];
+            m.read_slice(&mut buf, GuestAddress(0x8000 + 0x1000 * i))
+                .unwrap();
+            assert!(buf.iter().all(|b| *b == i as u8 + 1), "read {i}");
+            assert_eq!(
+                m.read_obj::<u8>(GuestAddress(0x7000 + i)).unwrap(),
+                VIRTIO_BLK_S_OK
+            );
+        }
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(0x7010)).unwrap(),
+            VIRTIO_BLK_S_OK
+        );
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(0x7011)).unwrap(),
+            VIRTIO_BLK_S_OK
+        );
+        assert!(disk.read()[9 * 512..10 * 512].iter().all(|b| *b == 0xee));
+        // Used ring: six entries, in the order the chains were made available.
+        let used_idx: u16 = m.read_obj(q.used_addr().unchecked_add(2)).unwrap();
+        assert_eq!(used_idx, 6);
+        let heads: Vec<u32> = (0..6)
+            .map(|i| m.read_obj(q.used_addr().unchecked_add(4 + 8 * i)).unwrap())
+            .collect();
+        assert_eq!(heads, vec![0, 3, 6, 9, 12, 15]);
     }
 
     #[test]
