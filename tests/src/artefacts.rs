@@ -1,6 +1,7 @@
 //! Where the things the end-to-end tests boot are, and what happens when they are missing: a
 //! clear failure naming the set-up step, or — only with `SKIFF_ALLOW_SKIP=1` — a visible skip.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// The workspace root (this crate lives in `tests/`).
@@ -107,7 +108,9 @@ pub fn require(test: &str, needs: &[Need]) -> bool {
     }
     let why = missing.join("; ");
     if skips_allowed() {
-        eprintln!("SKIPPED {test}: {why} (SKIFF_ALLOW_SKIP=1)");
+        // Straight to the process's stderr: libtest captures eprintln! of passing tests, and a
+        // skip must never be silent.
+        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why} (SKIFF_ALLOW_SKIP=1)");
         false
     } else {
         panic!("{test} cannot run: {why}. Set SKIFF_ALLOW_SKIP=1 to skip instead.");
