@@ -110,7 +110,10 @@ pub fn require(test: &str, needs: &[Need]) -> bool {
     if skips_allowed() {
         // Straight to the process's stderr: libtest captures eprintln! of passing tests, and a
         // skip must never be silent.
-        let _ = writeln!(std::io::stderr(), "SKIPPED {test}: {why} (SKIFF_ALLOW_SKIP=1)");
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED {test}: {why} (SKIFF_ALLOW_SKIP=1)"
+        );
         false
     } else {
         panic!("{test} cannot run: {why}. Set SKIFF_ALLOW_SKIP=1 to skip instead.");

@@ -7,6 +7,7 @@ pub mod config;
 pub mod devices;
 pub mod exit;
 pub mod microvm;
+pub mod seccomp;
 pub mod vcpu;
 pub mod virtio;
 pub mod vm;

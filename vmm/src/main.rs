@@ -9,6 +9,7 @@ use clap::Parser;
 use vmm::config::{DiskConfig, SerialOutput, VmConfig};
 use vmm::exit::EXIT_VMM_ERROR;
 use vmm::microvm::MicroVm;
+use vmm::seccomp::{self, ThreadKind};
 
 /// Boots one KVM microVM and exits with the status the guest reports.
 ///
@@ -48,6 +49,13 @@ struct Args {
     /// Give the guest a virtio entropy device.
     #[arg(long)]
     rng: bool,
+    /// Do not install seccomp filters. For debugging only.
+    #[arg(long)]
+    no_seccomp: bool,
+    /// Testing only: make this kind of thread (vmm, vcpu, blk-io) call a forbidden system call
+    /// after installing its filter, to prove the filter is live.
+    #[arg(long, hide = true, value_name = "KIND")]
+    seccomp_test_violation: Option<ThreadKind>,
 }
 
 impl Args {
@@ -82,7 +90,17 @@ impl Args {
 }
 
 fn run(started: Instant) -> anyhow::Result<i32> {
-    let config = Args::parse().into_config()?;
+    let args = Args::parse();
+    if args.no_seccomp {
+        eprintln!(
+            "skiff-vmm: warning: seccomp filters disabled (--no-seccomp): for debugging only"
+        );
+    }
+    seccomp::configure(seccomp::Policy {
+        enabled: !args.no_seccomp,
+        violate_in: args.seccomp_test_violation,
+    });
+    let config = args.into_config()?;
     let vm = MicroVm::build(&config, started).context("cannot start the microVM")?;
     let outcome = vm.run()?;
     eprintln!("skiff-vmm: {}", outcome.message);

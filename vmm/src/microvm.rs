@@ -4,7 +4,7 @@
 use std::fs::File;
 use std::io::{LineWriter, Write};
 use std::os::fd::AsRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Barrier, Mutex};
 use std::time::Instant;
 
 use kvm_ioctls::IoEventAddress;
@@ -23,6 +23,7 @@ use crate::devices::serial::{
     SERIAL_PORT_LEN,
 };
 use crate::exit::{ExitSignal, Outcome};
+use crate::seccomp::{self, SeccompError, ThreadKind};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::virtio::block::{Block, BlockError};
 use crate::virtio::mmio::{MmioError, MmioTransport, MMIO_DEVICE_SIZE, REG_QUEUE_NOTIFY};
@@ -57,6 +58,8 @@ pub enum MicroVmError {
     Block(#[from] BlockError),
     #[error(transparent)]
     Mmio(#[from] MmioError),
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     #[error("cannot open serial output {path}: {source}")]
     SerialOutput {
         path: std::path::PathBuf,
@@ -211,7 +214,8 @@ impl MicroVm {
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
         for (i, disk) in config.disks.iter().enumerate() {
             let id = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
-            devices.push(Box::new(Block::open(&disk.path, disk.read_only, &id)?));
+            let block = Block::open(&disk.path, disk.read_only, &id)?.with_io_helper(&mem)?;
+            devices.push(Box::new(block));
         }
         if config.rng {
             devices.push(Box::new(Rng));
@@ -276,10 +280,14 @@ impl MicroVm {
                 )
                 .is_ok();
 
+        // The threads run until the process exits: the VM is torn down with it. They start the
+        // guest only once this thread has installed its seccomp filter too.
+        let go = Arc::new(Barrier::new(self.vcpus.len() + 1));
         for vcpu in self.vcpus.drain(..) {
-            // The threads run until the process exits: the VM is torn down with it.
-            vcpu.start()?;
+            vcpu.start(go.clone())?;
         }
+        seccomp::enter(ThreadKind::Vmm)?;
+        go.wait();
 
         const QUEUE_TOKEN_BASE: u64 = 16;
         for (i, q) in self.queue_events.iter().enumerate() {

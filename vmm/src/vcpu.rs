@@ -1,7 +1,7 @@
 //! One vCPU: its boot state, and the thread that runs it and turns its exits into device accesses
 //! or a guest exit.
 
-use std::sync::Arc;
+use std::sync::{Arc, Barrier};
 use std::thread::JoinHandle;
 
 use kvm_bindings::{
@@ -12,6 +12,7 @@ use kvm_ioctls::{VcpuExit, VcpuFd, VmFd};
 use crate::arch::{cpuid, regs};
 use crate::bus::Bus;
 use crate::exit::{ExitSignal, GuestExit};
+use crate::seccomp::{self, ThreadKind};
 
 /// Errors creating or configuring a vCPU.
 #[derive(Debug, thiserror::Error)]
@@ -96,11 +97,23 @@ impl Vcpu {
     }
 
     /// Runs the vCPU on its own thread until the guest stops; the reason goes to the exit signal.
-    pub fn start(self) -> Result<JoinHandle<()>, VcpuError> {
+    /// The thread installs its seccomp filter, then waits at `go` until every other thread has
+    /// installed its own, so no guest instruction runs before all filters are in place.
+    pub fn start(self, go: Arc<Barrier>) -> Result<JoinHandle<()>, VcpuError> {
         let index = self.index;
         std::thread::Builder::new()
             .name(format!("vcpu{index}"))
-            .spawn(move || self.run())
+            .spawn(move || {
+                let filtered = seccomp::enter(ThreadKind::Vcpu);
+                go.wait();
+                match filtered {
+                    Ok(()) => self.run(),
+                    Err(e) => self.exit.signal(GuestExit::VcpuFailed {
+                        vcpu: index,
+                        error: e.to_string(),
+                    }),
+                }
+            })
             .map_err(|source| VcpuError::Spawn { index, source })
     }
 

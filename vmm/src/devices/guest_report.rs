@@ -8,6 +8,8 @@
 //! | 0x441 | the exit status      | the guest is done: `skiff-vmm` exits with this status |
 //! | 0x442 | any byte             | guest-init panicked: `skiff-vmm` reports a crash      |
 
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,6 +50,8 @@ pub struct GuestReport {
     started: Instant,
     boot_time: Option<BootTime>,
     exit: Arc<ExitSignal>,
+    /// `/proc/self/stat`, opened up front: the vCPU thread that reads it may not open files.
+    stat: Option<File>,
 }
 
 impl GuestReport {
@@ -57,6 +61,7 @@ impl GuestReport {
             started,
             boot_time: None,
             exit,
+            stat: File::open("/proc/self/stat").ok(),
         }
     }
 }
@@ -72,7 +77,7 @@ impl BusDevice for GuestReport {
             OFFSET_BOOT_MARKER if self.boot_time.is_none() => {
                 let boot = BootTime {
                     wall: self.started.elapsed(),
-                    vmm_cpu: vmm_cpu_time(),
+                    vmm_cpu: vmm_cpu_time(self.stat.as_ref()),
                 };
                 eprintln!("{boot}");
                 self.boot_time = Some(boot);
@@ -84,8 +89,9 @@ impl BusDevice for GuestReport {
     }
 }
 
-/// CPU time of this process minus the time its vCPU threads spent running guest code.
-fn vmm_cpu_time() -> Duration {
+/// CPU time of this process minus the time its vCPU threads spent running guest code (when
+/// `/proc/self/stat` could be opened; otherwise guest time is included).
+fn vmm_cpu_time(stat: Option<&File>) -> Duration {
     // SAFETY: an all-zero `rusage` is a valid value of this plain C struct.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: `usage` is a valid, writable rusage; getrusage only writes to it.
@@ -94,12 +100,14 @@ fn vmm_cpu_time() -> Duration {
     }
     let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, (t.tv_usec as u32) * 1000);
     let total = tv(usage.ru_utime) + tv(usage.ru_stime);
-    total.saturating_sub(guest_time().unwrap_or_default())
+    total.saturating_sub(stat.and_then(guest_time).unwrap_or_default())
 }
 
 /// Time this process's threads spent in guest mode (field 43 of `/proc/self/stat`).
-fn guest_time() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+fn guest_time(stat_file: &File) -> Option<Duration> {
+    let mut buf = [0u8; 1024];
+    let n = stat_file.read_at(&mut buf, 0).ok()?;
+    let stat = std::str::from_utf8(&buf[..n]).ok()?;
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
     let ticks: u64 = rest
@@ -150,6 +158,7 @@ mod tests {
             t.to_string(),
             "boot: guest init after 12.3 ms (VMM CPU 2.5 ms)"
         );
-        assert!(guest_time().is_some());
+        let stat = File::open("/proc/self/stat").unwrap();
+        assert!(guest_time(&stat).is_some());
     }
 }

@@ -15,6 +15,7 @@ use super::block_request::{
     SECTOR_SIZE,
 };
 use super::{read_config_bytes, VirtioDevice, TYPE_BLOCK};
+use crate::seccomp::{self, ThreadKind};
 
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
 const VIRTIO_BLK_F_RO: u64 = 1 << 5;
@@ -38,6 +39,8 @@ pub enum BlockError {
     },
     #[error("disk {path} is not a regular file or block device")]
     NotAFile { path: PathBuf },
+    #[error("cannot start the block I/O helper thread: {0}")]
+    Helper(#[source] std::io::Error),
     #[error("disk id {0:?} is longer than {ID_BYTES} bytes or not printable ASCII")]
     BadId(String),
 }
@@ -50,7 +53,7 @@ pub struct Block {
     capacity: u64,
     id: [u8; ID_BYTES],
     config: Vec<u8>,
-    /// Started on the first batch with several transfers.
+    /// Serves half of a batch's transfers (see [`Block::with_io_helper`]).
     helper: Option<IoHelper>,
 }
 
@@ -72,6 +75,12 @@ impl IoHelper {
         std::thread::Builder::new()
             .name("blk-io".into())
             .spawn(move || {
+                // Without its filter the helper must not run: dropping the receiver makes every
+                // job fall back to the VMM thread.
+                if let Err(e) = seccomp::enter(ThreadKind::BlockIo) {
+                    eprintln!("skiff-vmm: block I/O helper not started: {e}");
+                    return;
+                }
                 // Ends when the device (and with it the job sender) is dropped.
                 for (index, request, to_disk) in job_rx {
                     let ok = transfer(&file, &mem, &request, to_disk);
@@ -123,6 +132,14 @@ impl Block {
             config,
             helper: None,
         })
+    }
+
+    /// Starts the I/O helper thread that serves half of a batch's transfers in parallel. Without
+    /// it every transfer runs on the VMM thread.
+    pub fn with_io_helper(mut self, mem: &GuestMemoryMmap) -> Result<Self, BlockError> {
+        let helper = IoHelper::spawn(self.file.clone(), mem.clone()).map_err(BlockError::Helper)?;
+        self.helper = Some(helper);
+        Ok(self)
     }
 
     /// Disk size in sectors.
@@ -220,9 +237,6 @@ impl Block {
             .collect();
         if transfers.len() < 2 {
             return outcome; // executed inline, in order
-        }
-        if self.helper.is_none() {
-            self.helper = IoHelper::spawn(self.file.clone(), mem.clone()).ok();
         }
         let mut sent = 0;
         if let Some(helper) = &self.helper {
@@ -644,8 +658,11 @@ mod tests {
             sector.fill(i as u8);
         }
         let disk = Disk::new("batch", &content);
-        let mut block = Block::open(&disk.path, false, "b").unwrap();
         let m = mem();
+        let mut block = Block::open(&disk.path, false, "b")
+            .unwrap()
+            .with_io_helper(&m)
+            .unwrap();
         let q = MockSplitQueue::new(&m, 32);
         // Four reads of sectors 1..=4 into four buffers, then a write of sector 9 and a flush.
         let mut descs = Vec::new();
@@ -691,7 +708,6 @@ mod tests {
         q.add_desc_chains(&descs, 0).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
         assert!(block.process_queue(0, &mut queue, &m));
-        assert!(block.helper.is_some(), "several transfers start the helper");
         for i in 0..4u64 {
             let mut buf = [0u8; 512];
             m.read_slice(&mut buf, GuestAddress(0x8000 + 0x1000 * i))
