@@ -15,7 +15,8 @@ rand_ops=${3:-4000}
 for f in target/guest/vmlinux target/test-host/vmlinux target/x86_64-unknown-linux-gnu/release/skiff-init; do
     [ -f "$f" ] || { echo "bench-block: $f is missing: run scripts/setup.sh first" >&2; exit 1; }
 done
-cargo build -q --release -p vmm -p images -p skiff-tests --bins
+cargo build -q --release -p images -p skiff-tests --bins
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target x86_64-unknown-linux-gnu -p vmm --bins
 work=target/bench-block
 mkdir -p "$work"
 printf '#!/bin/busybox sh\n/bin/skiff-blkbench /dev/vda --seq-mib %s --rand-ops %s\n' "$seq_mib" "$rand_ops" > "$work/guest.sh"
@@ -41,7 +42,7 @@ done
 SCRIPT
 
 target/release/skiff-nested \
-    --binary target/release/skiff-vmm=/skiff/skiff-vmm \
+    --binary target/x86_64-unknown-linux-gnu/release/skiff-vmm=/skiff/skiff-vmm \
     --binary "$(command -v qemu-system-x86_64)"=/usr/bin/qemu-system-x86_64 \
     --file /usr/share/qemu/bios-microvm.bin=/usr/share/qemu/bios-microvm.bin \
     --file /usr/share/qemu/qboot.rom=/usr/share/qemu/qboot.rom \

@@ -17,10 +17,11 @@ memory=${3:-128}
 for f in target/guest/vmlinux target/guest/initramfs.cpio target/test-host/vmlinux target/stock/vmlinuz; do
     [ -f "$f" ] || { echo "bench-boot: $f is missing: run scripts/setup.sh first" >&2; exit 1; }
 done
-cargo build -q --release -p vmm -p skiff-tests --bins
+cargo build -q --release -p skiff-tests --bins
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target x86_64-unknown-linux-gnu -p vmm --bins
 
 target/release/skiff-nested \
-    --binary target/release/skiff-vmm=/skiff/skiff-vmm \
+    --binary target/x86_64-unknown-linux-gnu/release/skiff-vmm=/skiff/skiff-vmm \
     --binary target/release/skiff-bootbench=/skiff/skiff-bootbench \
     --binary "$(command -v qemu-system-x86_64)"=/usr/bin/qemu-system-x86_64 \
     --file /usr/share/qemu/bios-microvm.bin=/usr/share/qemu/bios-microvm.bin \

@@ -5,7 +5,8 @@
 #   - guest-init (static) and the guest initramfs;
 #   - the release binaries (skiff-vmm, test and benchmark tools);
 #   - Debian's stock cloud kernel, unpacked, for the product-against-product benchmark.
-# Leaves target/guest/{vmlinux,initramfs.cpio}, target/test-host/vmlinux, target/stock/vmlinuz.
+# Leaves target/guest/{vmlinux,initramfs.cpio}, target/test-host/vmlinux, target/stock/vmlinuz,
+# and the static skiff-vmm, skiff-jailer and skiff-init in target/x86_64-unknown-linux-gnu/release/.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
@@ -37,9 +38,11 @@ say "kernels"
 scripts/build-kernel.sh guest target/guest/vmlinux
 scripts/build-kernel.sh test-host target/test-host/vmlinux
 
-say "guest-init (static)"
+# guest-init runs in the guest's initramfs; skiff-vmm and skiff-jailer run in an empty jail: all
+# three are static (target/x86_64-unknown-linux-gnu/release/).
+say "static binaries: skiff-init, skiff-vmm, skiff-jailer"
 RUSTFLAGS="-C target-feature=+crt-static" \
-    cargo build -q -p guest-init --release --target x86_64-unknown-linux-gnu
+    cargo build -q -p guest-init -p vmm --bins --release --target x86_64-unknown-linux-gnu
 say "release binaries"
 cargo build -q --release --workspace --bins
 target/release/skiff-initramfs \

@@ -8,6 +8,7 @@
  *   r  reset: print a line and reset through the i8042 without reporting a status
  *   p  panic: print what a kernel panic prints, then reset
  *   t  triple fault: execute ud2 with an empty IDT
+ *   w  wait: report boot, print "test guest: waiting", then spin until the VMM is killed
  *   m  MMIO: write to and read from 768 MiB, which nothing decodes in a guest with less RAM, then
  *      report the value read as the exit status (0xff)
  */
@@ -34,6 +35,8 @@ _start:
     je triple
     cmp $'m', %al
     je mmio
+    cmp $'w', %al
+    je wait
 
 hello:
     mov $REPORT_BOOT, %dx
@@ -112,6 +115,15 @@ mmio:
     out %al, %dx
     jmp halt
 
+wait:
+    mov $REPORT_BOOT, %dx
+    mov $1, %al
+    out %al, %dx
+    lea waiting(%rip), %rsi
+    call puts
+1:  pause
+    jmp 1b
+
 halt:
     hlt
     jmp halt
@@ -158,3 +170,4 @@ mem_bad:       .asciz "memory: MISMATCH\n"
 resetting:     .asciz "test guest: resetting\n"
 panic_msg:     .asciz "Kernel panic - not syncing: test guest panics on purpose\n"
 faulting:      .asciz "test guest: triple faulting\n"
+waiting:       .asciz "test guest: waiting\n"

@@ -19,6 +19,14 @@ pub fn bin_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/release"))
 }
 
+/// Where the static release binaries are (`SKIFF_STATIC_BIN_DIR`, or
+/// `target/x86_64-unknown-linux-gnu/release`): skiff-vmm, skiff-jailer, skiff-init.
+pub fn static_bin_dir() -> PathBuf {
+    std::env::var_os("SKIFF_STATIC_BIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/x86_64-unknown-linux-gnu/release"))
+}
+
 /// The build artefacts a test needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Artefact {
@@ -30,8 +38,10 @@ pub enum Artefact {
     TestHostKernel,
     /// `skiff-init`, guest-init's static binary
     GuestInit,
-    /// `skiff-vmm` (release build)
+    /// `skiff-vmm` (static release build)
     SkiffVmm,
+    /// `skiff-jailer` (static release build)
+    SkiffJailer,
     /// `skiff-bootbench` (release build)
     BootBench,
 }
@@ -43,8 +53,9 @@ impl Artefact {
             Artefact::GuestKernel => root.join("target/guest/vmlinux"),
             Artefact::GuestInitramfs => root.join("target/guest/initramfs.cpio"),
             Artefact::TestHostKernel => root.join("target/test-host/vmlinux"),
-            Artefact::GuestInit => root.join("target/x86_64-unknown-linux-gnu/release/skiff-init"),
-            Artefact::SkiffVmm => bin_dir().join("skiff-vmm"),
+            Artefact::GuestInit => static_bin_dir().join("skiff-init"),
+            Artefact::SkiffVmm => static_bin_dir().join("skiff-vmm"),
+            Artefact::SkiffJailer => static_bin_dir().join("skiff-jailer"),
             Artefact::BootBench => bin_dir().join("skiff-bootbench"),
         }
     }
@@ -54,8 +65,10 @@ impl Artefact {
             Artefact::GuestKernel
             | Artefact::GuestInitramfs
             | Artefact::TestHostKernel
-            | Artefact::GuestInit => "run scripts/setup.sh",
-            Artefact::SkiffVmm | Artefact::BootBench => "run cargo build --release --workspace",
+            | Artefact::GuestInit
+            | Artefact::SkiffVmm
+            | Artefact::SkiffJailer => "run scripts/setup.sh",
+            Artefact::BootBench => "run cargo build --release --workspace",
         }
     }
 }

@@ -24,6 +24,7 @@ use crate::devices::serial::{
 };
 use crate::exit::{ExitSignal, Outcome};
 use crate::seccomp::{self, SeccompError, ThreadKind};
+use crate::stop_signals::{self, StopSignals};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::virtio::block::{Block, BlockError};
 use crate::virtio::mmio::{MmioError, MmioTransport, MMIO_DEVICE_SIZE, REG_QUEUE_NOTIFY};
@@ -89,6 +90,7 @@ pub struct MicroVm {
     console_tail: Arc<Mutex<ConsoleTail>>,
     serial_in: bool,
     queue_events: Vec<QueueEvent>,
+    stop_signals: StopSignals,
 }
 
 /// A virtio queue's notification: the ioeventfd KVM signals when the guest writes the queue's
@@ -152,6 +154,8 @@ impl MicroVm {
     /// timer measures from it).
     pub fn build(config: &VmConfig, started: Instant) -> Result<Self, MicroVmError> {
         config.validate()?;
+        // Before any thread starts, so that every thread inherits the blocked mask.
+        let stop_signals = StopSignals::install().map_err(host("cannot set up signal handling"))?;
         // Checked now so a bad command line fails before anything is built; checked again once
         // the device entries are appended.
         boot::parse_cmdline(&config.cmdline)?;
@@ -256,6 +260,7 @@ impl MicroVm {
             console_tail,
             serial_in: config.serial_in,
             queue_events,
+            stop_signals,
         })
     }
 
@@ -264,6 +269,14 @@ impl MicroVm {
         let epoll = Epoll::new().map_err(host("cannot create epoll"))?;
         const EXIT_TOKEN: u64 = 0;
         const STDIN_TOKEN: u64 = 1;
+        const STOP_TOKEN: u64 = 2;
+        epoll
+            .ctl(
+                ControlOperation::Add,
+                self.stop_signals.as_raw_fd(),
+                EpollEvent::new(EventSet::IN, STOP_TOKEN),
+            )
+            .map_err(host("cannot watch the signalfd"))?;
         epoll
             .ctl(
                 ControlOperation::Add,
@@ -329,6 +342,15 @@ impl MicroVm {
                             Ok(n) => {
                                 lock(&self.serial).enqueue_input(&buf[..n]);
                             }
+                        }
+                    }
+                    STOP_TOKEN => {
+                        if let Some(signo) = self.stop_signals.read() {
+                            lock(&self.serial).flush();
+                            return Ok(Outcome {
+                                code: 128 + signo,
+                                message: format!("stopped by {}", stop_signals::name(signo)),
+                            });
                         }
                     }
                     token if token >= QUEUE_TOKEN_BASE => {

@@ -1,0 +1,176 @@
+//! Inside the new namespaces: make the jail directory the root (pivot_root, old root detached),
+//! create the only device nodes the VMM needs, then — in the child — drop to the task's uid/gid
+//! with no supplementary groups and no new privileges, and exec the VMM.
+
+use std::ffi::{CString, NulError};
+use std::path::Path;
+
+use super::resources::BindMount;
+
+/// Errors entering the jail.
+#[derive(Debug, thiserror::Error)]
+pub enum JailError {
+    #[error("{what} failed: {source}")]
+    Sys {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("path contains a NUL byte: {0}")]
+    Nul(#[from] NulError),
+}
+
+fn check(rc: libc::c_int, what: impl FnOnce() -> String) -> Result<(), JailError> {
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(JailError::Sys {
+            what: what(),
+            source: std::io::Error::last_os_error(),
+        })
+    }
+}
+
+fn cstr(p: &Path) -> Result<CString, NulError> {
+    CString::new(p.as_os_str().as_encoded_bytes())
+}
+
+/// mount(2) with no filesystem type and no data.
+fn mount(src: Option<&Path>, target: &Path, flags: libc::c_ulong) -> Result<(), JailError> {
+    let src_c = src.map(cstr).transpose()?;
+    let target_c = cstr(target)?;
+    // SAFETY: the strings are valid and NUL-terminated for the call; null type and data are
+    // allowed for bind mounts and propagation changes.
+    let rc = unsafe {
+        libc::mount(
+            src_c.as_ref().map_or(std::ptr::null(), |s| s.as_ptr()),
+            target_c.as_ptr(),
+            std::ptr::null(),
+            flags,
+            std::ptr::null(),
+        )
+    };
+    check(rc, || {
+        format!("mount {} (flags {flags:#x})", target.display())
+    })
+}
+
+/// Device nodes the VMM may open: (path, major, minor).
+pub const DEVICES: [(&str, u32, u32); 3] = [
+    ("/dev/kvm", 10, 232),
+    ("/dev/net/tun", 10, 200),
+    ("/dev/urandom", 1, 9),
+];
+
+/// Makes `root` this mount namespace's root: mounts become private (nothing propagates back to
+/// the host), writable disks from other filesystems are bind-mounted in, `root` is pivoted to and
+/// the old root detached. Then creates [`DEVICES`] owned by `uid`/`gid` and names the UTS
+/// namespace after `hostname`.
+pub fn enter_root(
+    root: &Path,
+    binds: &[BindMount],
+    uid: u32,
+    gid: u32,
+    hostname: &str,
+) -> Result<(), JailError> {
+    mount(None, Path::new("/"), libc::MS_REC | libc::MS_PRIVATE)?;
+    for b in binds {
+        mount(Some(&b.host), &b.target, libc::MS_BIND)?;
+    }
+    // pivot_root needs the new root to be a mount point.
+    mount(Some(root), root, libc::MS_BIND | libc::MS_REC)?;
+    std::env::set_current_dir(root).map_err(|source| JailError::Sys {
+        what: format!("chdir {}", root.display()),
+        source,
+    })?;
+    std::fs::create_dir("old_root").map_err(|source| JailError::Sys {
+        what: "mkdir old_root".into(),
+        source,
+    })?;
+    let (dot, old) = (CString::new(".")?, CString::new("old_root")?);
+    // SAFETY: two valid NUL-terminated paths; pivot_root has no other memory effects.
+    let rc =
+        unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), old.as_ptr()) } as libc::c_int;
+    check(rc, || "pivot_root".into())?;
+    std::env::set_current_dir("/").map_err(|source| JailError::Sys {
+        what: "chdir /".into(),
+        source,
+    })?;
+    let old_abs = CString::new("/old_root")?;
+    // SAFETY: a valid NUL-terminated path.
+    let rc = unsafe { libc::umount2(old_abs.as_ptr(), libc::MNT_DETACH) };
+    check(rc, || "detach the old root".into())?;
+    std::fs::remove_dir("/old_root").map_err(|source| JailError::Sys {
+        what: "rmdir /old_root".into(),
+        source,
+    })?;
+
+    for (path, major, minor) in DEVICES {
+        let path = Path::new(path);
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|source| JailError::Sys {
+                what: format!("mkdir {}", dir.display()),
+                source,
+            })?;
+        }
+        let c = cstr(path)?;
+        // SAFETY: a valid NUL-terminated path; makedev is pure arithmetic.
+        let rc = unsafe {
+            libc::mknod(
+                c.as_ptr(),
+                libc::S_IFCHR | 0o600,
+                libc::makedev(major, minor),
+            )
+        };
+        check(rc, || format!("mknod {}", path.display()))?;
+        // SAFETY: a valid NUL-terminated path.
+        check(unsafe { libc::chown(c.as_ptr(), uid, gid) }, || {
+            format!("chown {}", path.display())
+        })?;
+    }
+    // SAFETY: `hostname` points to `len` valid bytes.
+    let rc = unsafe { libc::sethostname(hostname.as_ptr().cast(), hostname.len()) };
+    check(rc, || "sethostname".into())
+}
+
+/// In the child: become `uid`/`gid` with no supplementary groups and no new privileges, and exec
+/// `program` with `args` and an empty environment. Returns only on failure.
+pub fn drop_privileges_and_exec(uid: u32, gid: u32, program: &Path, args: &[String]) -> JailError {
+    let fail = |what: &str| JailError::Sys {
+        what: what.into(),
+        source: std::io::Error::last_os_error(),
+    };
+    // SAFETY: setgroups with a zero count reads no memory.
+    if unsafe { libc::setgroups(0, std::ptr::null()) } != 0 {
+        return fail("setgroups");
+    }
+    // SAFETY: plain integer arguments.
+    if unsafe { libc::setresgid(gid, gid, gid) } != 0 {
+        return fail("setresgid");
+    }
+    // SAFETY: plain integer arguments.
+    if unsafe { libc::setresuid(uid, uid, uid) } != 0 {
+        return fail("setresuid");
+    }
+    // SAFETY: plain integer arguments.
+    if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
+        return fail("PR_SET_NO_NEW_PRIVS");
+    }
+    let program_c = match cstr(program) {
+        Ok(c) => c,
+        Err(e) => return e.into(),
+    };
+    let mut argv_owned = vec![program_c.clone()];
+    for a in args {
+        match CString::new(a.as_bytes()) {
+            Ok(c) => argv_owned.push(c),
+            Err(e) => return e.into(),
+        }
+    }
+    let mut argv: Vec<*const libc::c_char> = argv_owned.iter().map(|c| c.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: argv and envp are NULL-terminated arrays of valid C strings that outlive the call.
+    unsafe { libc::execve(program_c.as_ptr(), argv.as_ptr(), envp.as_ptr()) };
+    fail("execve")
+}
