@@ -4,6 +4,7 @@
 pub mod artefacts;
 pub mod guest_console;
 pub mod guest_image;
+pub mod jail_run;
 pub mod nested;
 pub mod process;
 pub mod qemu;
