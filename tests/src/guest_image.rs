@@ -8,12 +8,14 @@ use images::initramfs::{Initramfs, InitramfsError};
 use crate::artefacts::Artefact;
 
 /// Writes to `out` a guest initramfs holding guest-init, busybox (`/bin/busybox`, `/bin/sh`) and
-/// `script` as `/test.sh`. The script should start with `/bin/busybox --install -s /bin` to get
-/// the other applets.
-pub fn write_test_initramfs(script: &str, out: &Path) -> Result<(), InitramfsError> {
+/// each `(path, script)` as an executable shell script (run one with `skiff.run=/path`). A script
+/// should start with `/bin/busybox --install -s /bin` to get the other applets.
+pub fn write_test_initramfs(scripts: &[(&str, &str)], out: &Path) -> Result<(), InitramfsError> {
     let mut fs = Initramfs::guest(&Artefact::GuestInit.path())?;
     fs.host_file("bin/busybox", Path::new("/bin/busybox"), Some(0o755))?;
     fs.symlink("bin/sh", "busybox")?;
-    fs.file_bytes("test.sh", 0o755, format!("#!/bin/sh\n{script}").as_bytes())?;
+    for (path, script) in scripts {
+        fs.file_bytes(path, 0o755, format!("#!/bin/sh\n{script}").as_bytes())?;
+    }
     fs.write_to(out)
 }

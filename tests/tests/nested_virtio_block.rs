@@ -73,7 +73,7 @@ fn block_and_entropy_devices_work_in_a_real_guest() {
     let dir = workspace_root().join(format!("target/nested/virtio-block-{}", std::process::id()));
     std::fs::create_dir_all(dir.join("fs")).unwrap();
     let initramfs = dir.join("initramfs.cpio");
-    write_test_initramfs(GUEST_SCRIPT, &initramfs).unwrap();
+    write_test_initramfs(&[("test.sh", GUEST_SCRIPT)], &initramfs).unwrap();
     std::fs::write(dir.join("fs/hello.txt"), "hello from the host\n").unwrap();
     let fs_image: PathBuf = dir.join("fs.ext4");
     let mkfs = Command::new("mkfs.ext4")

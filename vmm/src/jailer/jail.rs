@@ -64,7 +64,8 @@ pub const DEVICES: [(&str, u32, u32); 3] = [
 
 /// Makes `root` this mount namespace's root: mounts become private (nothing propagates back to
 /// the host), writable disks from other filesystems are bind-mounted in, `root` is pivoted to and
-/// the old root detached. Then creates [`DEVICES`] owned by `uid`/`gid` and names the UTS
+/// the old root detached (on an initramfs host, where pivot_root is impossible, `root` is moved
+/// over `/` and chrooted into instead). Then creates [`DEVICES`] owned by `uid`/`gid` and names the UTS
 /// namespace after `hostname`.
 pub fn enter_root(
     root: &Path,
@@ -91,19 +92,37 @@ pub fn enter_root(
     // SAFETY: two valid NUL-terminated paths; pivot_root has no other memory effects.
     let rc =
         unsafe { libc::syscall(libc::SYS_pivot_root, dot.as_ptr(), old.as_ptr()) } as libc::c_int;
-    check(rc, || "pivot_root".into())?;
-    std::env::set_current_dir("/").map_err(|source| JailError::Sys {
-        what: "chdir /".into(),
-        source,
-    })?;
-    let old_abs = CString::new("/old_root")?;
-    // SAFETY: a valid NUL-terminated path.
-    let rc = unsafe { libc::umount2(old_abs.as_ptr(), libc::MNT_DETACH) };
-    check(rc, || "detach the old root".into())?;
-    std::fs::remove_dir("/old_root").map_err(|source| JailError::Sys {
-        what: "rmdir /old_root".into(),
-        source,
-    })?;
+    if rc == 0 {
+        std::env::set_current_dir("/").map_err(|source| JailError::Sys {
+            what: "chdir /".into(),
+            source,
+        })?;
+        let old_abs = CString::new("/old_root")?;
+        // SAFETY: a valid NUL-terminated path.
+        let rc = unsafe { libc::umount2(old_abs.as_ptr(), libc::MNT_DETACH) };
+        check(rc, || "detach the old root".into())?;
+        std::fs::remove_dir("/old_root").map_err(|source| JailError::Sys {
+            what: "rmdir /old_root".into(),
+            source,
+        })?;
+    } else if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+        // The host's root is the initramfs rootfs, which cannot be pivoted away from. Do what
+        // switch_root does: move the jail over / and chroot into it. The VMM cannot climb out of
+        // the chroot: it runs without capabilities (unprivileged uid, no new privileges).
+        std::fs::remove_dir("old_root").map_err(|source| JailError::Sys {
+            what: "rmdir old_root".into(),
+            source,
+        })?;
+        mount(Some(Path::new(".")), Path::new("/"), libc::MS_MOVE)?;
+        // SAFETY: a valid NUL-terminated path.
+        check(unsafe { libc::chroot(dot.as_ptr()) }, || "chroot".into())?;
+        std::env::set_current_dir("/").map_err(|source| JailError::Sys {
+            what: "chdir /".into(),
+            source,
+        })?;
+    } else {
+        check(rc, || "pivot_root".into())?;
+    }
 
     for (path, major, minor) in DEVICES {
         let path = Path::new(path);

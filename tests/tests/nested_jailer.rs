@@ -1,0 +1,174 @@
+//! `skiff-jailer` inside the nested test host (cgroup v2 only) with real Linux guests: the jailed
+//! VMM's isolation, a guest that uses all of its memory staying within the VMM's cgroup limit,
+//! and a fork bomb inside a guest leaving the host alone. One nested boot.
+
+use std::time::Duration;
+
+use skiff_tests::artefacts::{require, workspace_root, Artefact, Need};
+use skiff_tests::guest_image::write_test_initramfs;
+use skiff_tests::nested::NestedHost;
+
+const SLEEP: &str = "echo 'guest: sleeping'\nsleep 4\necho 'guest: done'\n";
+/// sort holds its whole input (one endless line of zeros) in memory: the guest runs out of
+/// memory and its kernel's OOM killer ends sort.
+const FILL: &str = "/bin/busybox --install -s /bin\necho 'guest: filling'\nhead -c 200000000 /dev/zero | sort > /dev/null\necho \"guest: filled (sort status $?)\"\n";
+const BOMB: &str = "echo 'guest: bombing'\nbomb() { bomb | bomb & }\nbomb\nsleep 600\n";
+
+/// Guest memory, and the VMM cgroup limit: guest memory plus the documented overhead.
+const GUEST_MIB: u32 = 128;
+const OVERHEAD_MIB: u32 = 32;
+
+const HOST_SCRIPT: &str = r#"
+J="/skiff/skiff-jailer"
+mkdir -p /srv/jailer
+dd if=/dev/zero of=/tmp/disk.img bs=1M count=8 2>/dev/null
+CMD="console=ttyS0 reboot=k panic=-1 quiet"
+vmm_args() { echo "--kernel /skiff/vmlinux --initrd /skiff/test.cpio --memory-mib GUEST_MIB"; }
+wait_for() { # file text
+    i=0; while ! grep -q "$2" "$1" 2>/dev/null; do i=$((i+1)); [ $i -gt 600 ] && return 1; sleep 0.1; done
+}
+vmm_pid() { sed -n 's/.*running as pid //p' "$1"; }
+
+# 1. Isolation, with a real guest and a disk.
+$J --id real-1 --exec-file /skiff/skiff-vmm --uid 10001 --gid 10001 \
+   --cgroup memory=LIMIT_MIBM --cgroup cpus=1 --cgroup pids=32 --resource-limit no-file=128 \
+   -- $(vmm_args) --disk path=/tmp/disk.img --cmdline "$CMD skiff.run=/sleep.sh" > /tmp/real.log 2>&1 &
+JP=$!
+wait_for /tmp/real.log "guest: sleeping" || echo "check: real-timeout"
+P=$(vmm_pid /tmp/real.log)
+echo "check: uid $(sed -n 's/^Uid:\s*//p' /proc/$P/status | tr -s '\t ' ' ')"
+echo "check: gid $(sed -n 's/^Gid:\s*//p' /proc/$P/status | tr -s '\t ' ' ')"
+echo "check: nnp $(sed -n 's/^NoNewPrivs:\s*//p' /proc/$P/status)"
+echo "check: seccomp $(for t in /proc/$P/task/*; do sed -n 's/^Seccomp:\s*//p' $t/status; done | sort -u | tr '\n' ' ')"
+echo "check: threads $(ls /proc/$P/task | wc -l)"
+echo "check: root $(ls /proc/$P/root | tr '\n' ' ')"
+echo "check: devices $(cd /proc/$P/root/dev && ls kvm urandom net/tun | tr '\n' ' ')"
+for ns in pid mnt ipc uts; do
+    [ "$(readlink /proc/$P/ns/$ns)" != "$(readlink /proc/self/ns/$ns)" ] && echo "check: ns-$ns differs"
+done
+echo "check: cgroup $(cat /proc/$P/cgroup)"
+G=/sys/fs/cgroup/skiff/real-1
+echo "check: limits $(cat $G/memory.max) $(cat $G/cpu.max) $(cat $G/pids.max)"
+echo "check: etc-visible $([ -e /proc/$P/root/etc ] && echo yes || echo no)"
+wait $JP; echo "check: real-exit $?"
+grep -q "guest: done" /tmp/real.log && echo "check: real-guest-done"
+$J --cleanup --id real-1
+echo "check: real-cleaned $([ -e /srv/jailer/skiff-vmm/real-1 ] || [ -e $G ] && echo no || echo yes)"
+
+# 2. A guest that uses all of its memory.
+$J --id mem-1 --exec-file /skiff/skiff-vmm --uid 10002 --gid 10002 --cgroup memory=LIMIT_MIBM \
+   -- $(vmm_args) --cmdline "$CMD skiff.run=/fill.sh" > /tmp/mem.log 2>&1
+echo "check: mem-exit $?"
+grep "guest: filled" /tmp/mem.log | sed 's/^/check: /'
+G=/sys/fs/cgroup/skiff/mem-1
+echo "check: mem-peak $(cat $G/memory.peak)"
+echo "check: mem-max $(cat $G/memory.max)"
+echo "check: mem-oom-kills $(sed -n 's/^oom_kill //p' $G/memory.events)"
+$J --cleanup --id mem-1
+
+# 3. A fork bomb inside the guest.
+$J --id bomb-1 --exec-file /skiff/skiff-vmm --uid 10003 --gid 10003 --cgroup pids=16 \
+   -- $(vmm_args) --cmdline "$CMD skiff.run=/bomb.sh" > /tmp/bomb.log 2>&1 &
+JP=$!
+wait_for /tmp/bomb.log "guest: bombing" || echo "check: bomb-timeout"
+sleep 8
+P=$(vmm_pid /tmp/bomb.log)
+echo "check: bomb-vmm-threads $(ls /proc/$P/task | wc -l)"
+echo "check: bomb-cgroup-pids $(cat /sys/fs/cgroup/skiff/bomb-1/pids.current)"
+echo "check: host-alive $(echo ok)"
+echo "check: host-procs $(ls -d /proc/[0-9]* | wc -l)"
+kill -TERM $P
+wait $JP; echo "check: bomb-exit $?"
+$J --cleanup --id bomb-1
+"#;
+
+fn check<'a>(console: &'a str, key: &str) -> &'a str {
+    let prefix = format!("check: {key}");
+    console
+        .lines()
+        .find_map(|l| l.trim().strip_prefix(&prefix))
+        .map(str::trim)
+        .unwrap_or_else(|| panic!("no {prefix:?} in:\n{console}"))
+}
+
+#[test]
+fn jailed_vmms_in_the_nested_host() {
+    if !require(
+        "nested_jailer",
+        &[
+            Need::Program("qemu-system-x86_64"),
+            Need::Artefact(Artefact::TestHostKernel),
+            Need::Artefact(Artefact::GuestKernel),
+            Need::Artefact(Artefact::GuestInit),
+            Need::Artefact(Artefact::SkiffVmm),
+            Need::Artefact(Artefact::SkiffJailer),
+        ],
+    ) {
+        return;
+    }
+    let dir = workspace_root().join(format!("target/nested/jailer-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let initramfs = dir.join("test.cpio");
+    write_test_initramfs(
+        &[("sleep.sh", SLEEP), ("fill.sh", FILL), ("bomb.sh", BOMB)],
+        &initramfs,
+    )
+    .unwrap();
+    let script = HOST_SCRIPT
+        .replace("GUEST_MIB", &GUEST_MIB.to_string())
+        .replace("LIMIT_MIB", &(GUEST_MIB + OVERHEAD_MIB).to_string());
+    let mut host = NestedHost::with_skiff().unwrap();
+    host.binary("skiff/skiff-jailer", &Artefact::SkiffJailer.path())
+        .unwrap();
+    host.file("skiff/test.cpio", &initramfs).unwrap();
+    host.timeout(Duration::from_secs(900));
+    let run = host.run(&script).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    let c = &run.console;
+    eprintln!("nested jailer run took {:?}", run.elapsed);
+
+    // Isolation.
+    assert_eq!(check(c, "uid"), "10001 10001 10001 10001", "{c}");
+    assert_eq!(check(c, "gid"), "10001 10001 10001 10001", "{c}");
+    assert_eq!(check(c, "nnp"), "1", "{c}");
+    assert_eq!(check(c, "seccomp"), "2", "every thread filtered: {c}");
+    assert_eq!(
+        check(c, "root"),
+        "dev disk0 initrd skiff-vmm vmlinux",
+        "{c}"
+    );
+    assert_eq!(check(c, "devices"), "kvm net/tun urandom", "{c}");
+    for ns in ["pid", "mnt", "ipc", "uts"] {
+        assert_eq!(check(c, &format!("ns-{ns}")), "differs", "{c}");
+    }
+    assert_eq!(check(c, "cgroup"), "0::/skiff/real-1", "cgroup v2: {c}");
+    let limit = u64::from(GUEST_MIB + OVERHEAD_MIB) << 20;
+    assert_eq!(
+        check(c, "limits"),
+        format!("{limit} 100000 100000 32"),
+        "{c}"
+    );
+    assert_eq!(check(c, "etc-visible"), "no", "{c}");
+    assert_eq!(check(c, "real-exit"), "0", "{c}");
+    check(c, "real-guest-done");
+    assert_eq!(check(c, "real-cleaned"), "yes", "{c}");
+
+    // All guest memory in use: the VMM stays within its limit and is never OOM-killed.
+    assert_eq!(check(c, "mem-exit"), "0", "{c}");
+    assert!(check(c, "guest: filled").contains("sort status"), "{c}");
+    let peak: u64 = check(c, "mem-peak").parse().unwrap();
+    assert!(peak <= limit, "peak {peak} over the limit {limit}");
+    assert!(
+        peak >= (u64::from(GUEST_MIB) << 20) / 2,
+        "the guest really used its memory: peak {peak}"
+    );
+    assert_eq!(check(c, "mem-oom-kills"), "0", "{c}");
+
+    // Fork bomb: contained in the guest; the VMM keeps its threads; the host is fine.
+    let threads: u32 = check(c, "bomb-vmm-threads").parse().unwrap();
+    assert!(threads <= 4, "VMM threads {threads}");
+    let pids: u32 = check(c, "bomb-cgroup-pids").parse().unwrap();
+    assert!(pids <= 8, "cgroup pids {pids}");
+    assert_eq!(check(c, "host-alive"), "ok");
+    assert_eq!(check(c, "bomb-exit"), "143", "stopped by SIGTERM: {c}");
+}
