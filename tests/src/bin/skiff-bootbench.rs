@@ -38,14 +38,32 @@ struct Args {
     /// Seconds one boot may take before it counts as failed.
     #[arg(long, default_value_t = 300)]
     timeout: u64,
+    /// Compare skiff-vmm run directly with skiff-vmm started by this skiff-jailer (instead of
+    /// comparing with QEMU).
+    #[arg(long)]
+    jailer: Option<PathBuf>,
+    /// With --jailer: also boot this many VMs at once, directly and jailed.
+    #[arg(long, default_value_t = 0)]
+    parallel: usize,
+    /// With --jailer and --parallel: rounds of parallel boots, alternating direct and jailed.
+    #[arg(long, default_value_t = 3)]
+    parallel_rounds: usize,
+    /// With --jailer: the jail's memory limit in MiB above guest memory (0: no cgroup).
+    #[arg(long, default_value_t = 64)]
+    jail_memory_overhead_mib: u64,
 }
 
 /// One VMM configuration under test.
 struct Subject {
     name: &'static str,
     program: String,
+    /// `{id}` in an argument is replaced by a unique id per boot.
     args: Vec<String>,
+    /// Run after each boot (with `{id}` replaced), e.g. to remove a jail.
+    cleanup: Option<Vec<String>>,
 }
+
+static BOOT_COUNTER: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// One boot's measurements.
 struct Sample {
@@ -71,6 +89,30 @@ fn skiff(args: &Args) -> Subject {
             "--cmdline".into(),
             format!("{CMDLINE} reboot=k"),
         ],
+        cleanup: None,
+    }
+}
+
+/// skiff-vmm started by skiff-jailer (unique jail per boot, removed afterwards).
+fn jailed(args: &Args, jailer: &Path) -> Subject {
+    let direct = skiff(args);
+    let jailer = jailer.display().to_string();
+    let mut a: Vec<String> = ["--id", "bench-{id}", "--uid", "10001", "--gid", "10001"]
+        .map(String::from)
+        .to_vec();
+    a.extend([
+        "--exec-file".into(),
+        direct.program.clone(),
+        "--cgroup".into(),
+    ]);
+    a.push(format!("memory={}M", args.memory_mib + 64));
+    a.push("--".into());
+    a.extend(direct.args);
+    Subject {
+        name: "skiff-jailer + skiff-vmm",
+        program: jailer,
+        args: a,
+        cleanup: Some(vec!["--cleanup".into(), "--id".into(), "bench-{id}".into()]),
     }
 }
 
@@ -106,6 +148,7 @@ fn qemu(args: &Args, name: &'static str, kernel: &Path) -> Subject {
         name,
         program: args.qemu.clone(),
         args: a,
+        cleanup: None,
     }
 }
 
@@ -138,15 +181,26 @@ fn overhead_kib(pid: u32, guest_bytes: u64) -> anyhow::Result<u64> {
 }
 
 fn boot_once(subject: &Subject, args: &Args) -> anyhow::Result<Sample> {
+    let id = BOOT_COUNTER
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        .to_string();
+    let with_id =
+        |v: &[String]| -> Vec<String> { v.iter().map(|a| a.replace("{id}", &id)).collect() };
     let started = Instant::now();
     let mut child = Command::new(&subject.program)
-        .args(&subject.args)
+        .args(with_id(&subject.args))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
         .with_context(|| format!("starting {}", subject.program))?;
     let stdout = child.stdout.take().context("no stdout")?;
+    let mut stderr_pipe = child.stderr.take().context("no stderr")?;
+    let stderr = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr_pipe, &mut text);
+        text
+    });
     let (tx, rx) = mpsc::channel();
     let reader = std::thread::spawn(move || {
         let mut seen = false;
@@ -168,9 +222,14 @@ fn boot_once(subject: &Subject, args: &Args) -> anyhow::Result<Sample> {
                 overhead_kib,
             })
         }
-        Err(_) => Err(anyhow::anyhow!(
-            "{}: no '{MARKER}' within {timeout:?}",
-            subject.name
+        // Disconnected: the console closed without the marker (the VMM or jailer ended).
+        Err(e) => Err(anyhow::anyhow!(
+            "{}: no '{MARKER}' ({})",
+            subject.name,
+            match e {
+                mpsc::RecvTimeoutError::Timeout => format!("not within {timeout:?}"),
+                mpsc::RecvTimeoutError::Disconnected => "the console closed first".into(),
+            }
         )),
     };
     // Let the guest finish on its own; kill it if it does not.
@@ -187,7 +246,94 @@ fn boot_once(subject: &Subject, args: &Args) -> anyhow::Result<Sample> {
         std::thread::sleep(Duration::from_millis(10));
     }
     let _ = reader.join();
+    let stderr = stderr.join().unwrap_or_default();
+    let result = result.map_err(|e| {
+        let tail: String = stderr
+            .chars()
+            .rev()
+            .take(600)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        e.context(format!("stderr: {tail}"))
+    });
+    if let Some(cleanup) = &subject.cleanup {
+        Command::new(&subject.program)
+            .args(with_id(cleanup))
+            .status()
+            .with_context(|| format!("cleaning up after {}", subject.name))?;
+    }
     result
+}
+
+/// Boots `n` VMs of `subject` at once; returns each one's sample.
+fn boot_parallel(subject: &Subject, args: &Args, n: usize) -> anyhow::Result<Vec<Sample>> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..n)
+            .map(|_| scope.spawn(|| boot_once(subject, args)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("a boot thread panicked")))
+            })
+            .collect()
+    })
+}
+
+/// The jailer's start-up cost: the same boots, direct and jailed, alternating; then in parallel.
+fn compare_jailer(args: &Args, jailer: &Path) -> anyhow::Result<()> {
+    let subjects = [skiff(args), jailed(args, jailer)];
+    let mut samples: Vec<Vec<Sample>> = vec![Vec::new(), Vec::new()];
+    for run in 0..args.runs {
+        for (i, subject) in subjects.iter().enumerate() {
+            let sample = boot_once(subject, args)?;
+            println!(
+                "run {run:>2} {:<26} init after {:>8.1} ms",
+                subject.name,
+                sample.to_init.as_secs_f64() * 1e3
+            );
+            samples[i].push(sample);
+        }
+    }
+    let mut rows = vec![];
+    for (subject, s) in subjects.iter().zip(&samples) {
+        rows.push((format!("{}, one at a time", subject.name), summarize(s)));
+    }
+    if args.parallel > 0 {
+        for subject in &subjects {
+            let s = boot_parallel(subject, args, args.parallel)?;
+            rows.push((
+                format!("{}, {} at once", subject.name, args.parallel),
+                summarize(&s),
+            ));
+        }
+    }
+    println!();
+    println!(
+        "Jailer start-up: time from exec to guest init, {} runs ({} vCPU, {} MiB), inside the nested test host",
+        args.runs, args.vcpus, args.memory_mib
+    );
+    println!("| start | p50 to init (ms) | p90 to init (ms) |");
+    println!("|---|---:|---:|");
+    for (name, s) in &rows {
+        println!("| {name} | {:.0} | {:.0} |", s.p50_ms, s.p90_ms);
+    }
+    println!();
+    println!("| comparison | jailed / direct (p50) | added by the jail |");
+    println!("|---|---:|---:|");
+    let pairs: Vec<(&str, usize, usize)> = if args.parallel > 0 {
+        vec![("one at a time", 0, 1), ("in parallel", 2, 3)]
+    } else {
+        vec![("one at a time", 0, 1)]
+    };
+    for (name, d, j) in pairs {
+        let ratio = rows[j].1.p50_ms / rows[d].1.p50_ms;
+        println!("| {name} | {ratio:.3} | {:+.1} % |", (ratio - 1.0) * 100.0);
+    }
+    Ok(())
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -223,6 +369,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.runs == 0 {
         bail!("--runs must be at least 1");
+    }
+    if let Some(jailer) = &args.jailer {
+        return compare_jailer(&args, jailer);
     }
     let mut subjects = vec![
         skiff(&args),
