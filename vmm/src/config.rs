@@ -84,6 +84,136 @@ impl std::str::FromStr for DiskConfig {
     }
 }
 
+/// A network interface: a host tap device the guest sees as a virtio-net device (`eth0`, `eth1`,
+/// ... in the order given).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetConfig {
+    /// Name of the host tap device (it must exist, or the VMM must be allowed to create it).
+    pub tap: String,
+    /// The guest's MAC address; a locally administered one derived from the tap's name if absent.
+    #[serde(default)]
+    pub mac: Option<MacAddr>,
+}
+
+/// A MAC address, written `aa:bb:cc:dd:ee:ff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MacAddr(pub [u8; 6]);
+
+impl std::str::FromStr for MacAddr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut mac = [0u8; 6];
+        let mut parts = s.split(':');
+        for byte in &mut mac {
+            let part = parts.next().filter(|p| p.len() == 2);
+            *byte = part
+                .and_then(|p| u8::from_str_radix(p, 16).ok())
+                .ok_or_else(|| format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"))?;
+        }
+        if parts.next().is_some() {
+            return Err(format!("{s:?} is not a MAC address (aa:bb:cc:dd:ee:ff)"));
+        }
+        if mac[0] & 1 != 0 {
+            return Err(format!("{s:?} is a multicast address"));
+        }
+        Ok(MacAddr(mac))
+    }
+}
+
+impl std::fmt::Display for MacAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl<'de> Deserialize<'de> for MacAddr {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl MacAddr {
+    /// A locally administered unicast address derived from `seed` (stable for a given tap name).
+    pub fn derived(seed: &str) -> Self {
+        // FNV-1a: small, stable across releases (unlike std's hasher).
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for b in seed.bytes() {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+        let b = h.to_le_bytes();
+        MacAddr([0x06, b[0], b[1], b[2], b[3], b[4]])
+    }
+}
+
+/// Longest interface name Linux accepts (IFNAMSIZ - 1).
+pub const MAX_TAP_NAME: usize = 15;
+
+impl std::str::FromStr for NetConfig {
+    type Err = String;
+    /// Parses `tap=NAME[,mac=aa:bb:cc:dd:ee:ff]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut net = NetConfig {
+            tap: String::new(),
+            mac: None,
+        };
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("tap", v)) => net.tap = v.to_owned(),
+                Some(("mac", v)) => net.mac = Some(v.parse()?),
+                _ => return Err(format!("{part:?} in {s:?}: expected tap=NAME[,mac=MAC]")),
+            }
+        }
+        if net.tap.is_empty() {
+            return Err(format!("{s:?}: tap=NAME is required"));
+        }
+        Ok(net)
+    }
+}
+
+/// The vsock device: guest CID and the host Unix socket of the hybrid model (host connections
+/// arrive on `uds`; guest connections to host port P go to `<uds>_P`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VsockConfig {
+    /// The guest's context id (3 or more).
+    pub cid: u32,
+    /// Path of the Unix socket the VMM listens on.
+    pub uds: PathBuf,
+}
+
+impl std::str::FromStr for VsockConfig {
+    type Err = String;
+    /// Parses `cid=N,uds=PATH`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut cid = None;
+        let mut uds = None;
+        for part in s.split(',') {
+            match part.split_once('=') {
+                Some(("cid", v)) => {
+                    cid = Some(
+                        v.parse()
+                            .map_err(|_| format!("cid={v:?} is not a number"))?,
+                    )
+                }
+                Some(("uds", v)) => uds = Some(PathBuf::from(v)),
+                _ => return Err(format!("{part:?} in {s:?}: expected cid=N,uds=PATH")),
+            }
+        }
+        match (cid, uds) {
+            (Some(cid), Some(uds)) => Ok(VsockConfig { cid, uds }),
+            _ => Err(format!("{s:?}: both cid=N and uds=PATH are required")),
+        }
+    }
+}
+
 /// A microVM's configuration.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -114,6 +244,12 @@ pub struct VmConfig {
     /// Give the guest a virtio entropy device.
     #[serde(default)]
     pub rng: bool,
+    /// Network interfaces, in the order the guest sees them.
+    #[serde(default)]
+    pub nets: Vec<NetConfig>,
+    /// The host<->guest socket device, if any.
+    #[serde(default)]
+    pub vsock: Option<VsockConfig>,
 }
 
 fn default_cmdline() -> String {
@@ -153,6 +289,12 @@ pub enum ConfigError {
     DiskMissing(PathBuf),
     #[error("{0} virtio devices requested; at most {MAX_VIRTIO_DEVICES} fit")]
     TooManyDevices(usize),
+    #[error("tap name {0:?} must be 1 to 15 characters without '/', ':' or whitespace")]
+    TapName(String),
+    #[error("vsock cid {0} is reserved: the guest's cid must be 3 or more")]
+    VsockCid(u32),
+    #[error("vsock socket path {0} is too long for a Unix socket (with the _PORT suffix)")]
+    VsockPath(PathBuf),
     #[error("memory must be between {MIN_MEMORY_MIB} MiB and {MAX_MEMORY_MIB} MiB, not {0} MiB")]
     Memory(u64),
 }
@@ -170,6 +312,8 @@ impl VmConfig {
             serial_in: false,
             disks: Vec::new(),
             rng: false,
+            nets: Vec::new(),
+            vsock: None,
         }
     }
 
@@ -201,7 +345,22 @@ impl VmConfig {
         if let Some(disk) = self.disks.iter().find(|d| !d.path.exists()) {
             return Err(ConfigError::DiskMissing(disk.path.clone()));
         }
-        let devices = self.disks.len() + usize::from(self.rng);
+        if let Some(net) = self.nets.iter().find(|n| !valid_tap_name(&n.tap)) {
+            return Err(ConfigError::TapName(net.tap.clone()));
+        }
+        if let Some(vsock) = &self.vsock {
+            if vsock.cid < 3 || vsock.cid == u32::MAX {
+                return Err(ConfigError::VsockCid(vsock.cid));
+            }
+            // sun_path holds 107 bytes and a NUL; "_4294967295" may be appended.
+            if vsock.uds.as_os_str().len() + 11 > 107 || vsock.uds.as_os_str().is_empty() {
+                return Err(ConfigError::VsockPath(vsock.uds.clone()));
+            }
+        }
+        let devices = self.disks.len()
+            + usize::from(self.rng)
+            + self.nets.len()
+            + usize::from(self.vsock.is_some());
         if devices > MAX_VIRTIO_DEVICES {
             return Err(ConfigError::TooManyDevices(devices));
         }
@@ -213,6 +372,16 @@ impl VmConfig {
         }
         Ok(())
     }
+}
+
+/// Whether Linux would accept `name` as an interface name.
+fn valid_tap_name(name: &str) -> bool {
+    (1..=MAX_TAP_NAME).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && !name
+            .chars()
+            .any(|c| c == '/' || c == ':' || c.is_whitespace() || c.is_control())
 }
 
 #[cfg(test)]
@@ -282,6 +451,59 @@ mod tests {
         c.disks = vec!["path=/proc/self/exe".parse().unwrap(); MAX_VIRTIO_DEVICES];
         c.rng = true;
         assert!(matches!(c.validate(), Err(ConfigError::TooManyDevices(_))));
+    }
+
+    #[test]
+    fn net_and_vsock_specs_parse_and_bad_ones_are_named() {
+        let n: NetConfig = "tap=tap0,mac=06:00:ac:10:00:02".parse().unwrap();
+        assert_eq!(n.tap, "tap0");
+        assert_eq!(n.mac.unwrap().to_string(), "06:00:ac:10:00:02");
+        assert!("mac=06:00:00:00:00:01"
+            .parse::<NetConfig>()
+            .unwrap_err()
+            .contains("tap=NAME is required"));
+        for bad in [
+            "06:00:00:00:00",
+            "06:00:00:00:00:00:00",
+            "zz:00:00:00:00:00",
+            "6:0:0:0:0:0",
+        ] {
+            assert!(bad.parse::<MacAddr>().is_err(), "{bad}");
+        }
+        assert!("01:00:5e:00:00:01"
+            .parse::<MacAddr>()
+            .unwrap_err()
+            .contains("multicast"));
+        assert_eq!(MacAddr::derived("tap0"), MacAddr::derived("tap0"));
+        assert_ne!(MacAddr::derived("tap0"), MacAddr::derived("tap1"));
+        assert_eq!(MacAddr::derived("tap0").0[0], 0x06);
+
+        let v: VsockConfig = "cid=3,uds=/tmp/v.sock".parse().unwrap();
+        assert_eq!((v.cid, v.uds.to_str().unwrap()), (3, "/tmp/v.sock"));
+        assert!("cid=x,uds=/a"
+            .parse::<VsockConfig>()
+            .unwrap_err()
+            .contains("cid"));
+        assert!("cid=3"
+            .parse::<VsockConfig>()
+            .unwrap_err()
+            .contains("required"));
+
+        let mut c = existing_kernel();
+        c.nets.push("tap=a/b".parse().unwrap());
+        assert!(matches!(c.validate(), Err(ConfigError::TapName(_))));
+        c.nets[0].tap = "x".repeat(16);
+        assert!(matches!(c.validate(), Err(ConfigError::TapName(_))));
+        c.nets[0].tap = "tap0".into();
+        c.vsock = Some("cid=2,uds=/tmp/v".parse().unwrap());
+        assert!(matches!(c.validate(), Err(ConfigError::VsockCid(2))));
+        c.vsock = Some(VsockConfig {
+            cid: 3,
+            uds: PathBuf::from("/".repeat(100)),
+        });
+        assert!(matches!(c.validate(), Err(ConfigError::VsockPath(_))));
+        c.vsock = Some("cid=3,uds=/tmp/v".parse().unwrap());
+        c.validate().unwrap();
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Instant;
 use anyhow::Context;
 use clap::Parser;
 
-use vmm::config::{DiskConfig, SerialOutput, VmConfig};
+use vmm::config::{DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 use vmm::exit::EXIT_VMM_ERROR;
 use vmm::microvm::MicroVm;
 use vmm::seccomp::{self, ThreadKind};
@@ -49,6 +49,13 @@ struct Args {
     /// Give the guest a virtio entropy device.
     #[arg(long)]
     rng: bool,
+    /// A network interface backed by a host tap: tap=NAME[,mac=MAC] (repeatable; eth0, eth1, ...).
+    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
+    nets: Vec<NetConfig>,
+    /// A vsock device: the guest's cid and the Unix socket the host connects to (host-initiated
+    /// connections send "CONNECT <port>\n"; guest connections to port P go to <uds>_P).
+    #[arg(long, value_name = "cid=N,uds=PATH")]
+    vsock: Option<VsockConfig>,
     /// Do not install seccomp filters. For debugging only.
     #[arg(long)]
     no_seccomp: bool,
@@ -85,6 +92,10 @@ impl Args {
         config.serial_in |= self.serial_in;
         config.disks.extend(self.disks);
         config.rng |= self.rng;
+        config.nets.extend(self.nets);
+        if self.vsock.is_some() {
+            config.vsock = self.vsock;
+        }
         Ok(config)
     }
 }

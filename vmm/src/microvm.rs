@@ -29,6 +29,7 @@ use crate::vcpu::{Vcpu, VcpuError};
 use crate::virtio::block::{Block, BlockError};
 use crate::virtio::mmio::{MmioError, MmioTransport, MMIO_DEVICE_SIZE, REG_QUEUE_NOTIFY};
 use crate::virtio::rng::Rng;
+use crate::virtio::vsock::{Vsock, VsockError};
 use crate::virtio::{Interrupt, VirtioDevice};
 use crate::vm::{Vm, VmError};
 
@@ -60,6 +61,8 @@ pub enum MicroVmError {
     #[error(transparent)]
     Mmio(#[from] MmioError),
     #[error(transparent)]
+    Vsock(#[from] VsockError),
+    #[error(transparent)]
     Seccomp(#[from] SeccompError),
     #[error("cannot open serial output {path}: {source}")]
     SerialOutput {
@@ -90,6 +93,7 @@ pub struct MicroVm {
     console_tail: Arc<Mutex<ConsoleTail>>,
     serial_in: bool,
     queue_events: Vec<QueueEvent>,
+    host_events: Vec<HostEvent>,
     stop_signals: StopSignals,
 }
 
@@ -101,10 +105,17 @@ struct QueueEvent {
     event: EventFd,
 }
 
+/// A device's host-side file descriptor (tap, sockets) that the event loop watches for it.
+struct HostEvent {
+    transport: Arc<Mutex<MmioTransport>>,
+    fd: std::os::fd::RawFd,
+}
+
 /// What placing a virtio device produced.
 struct PlacedDevice {
     cmdline: String,
     queue_events: Vec<QueueEvent>,
+    host_event: Option<HostEvent>,
 }
 
 /// Places a virtio device in MMIO slot `slot`: its registers, interrupt line (irqfd), queue
@@ -125,7 +136,12 @@ fn attach_virtio(
         .map_err(kvm_err("IRQFD"))?;
     let transport = MmioTransport::new(device, mem.clone(), Arc::new(Interrupt::new(irqfd)))?;
     let queues = transport.queue_count();
+    let host_fd = transport.host_event_fd();
     let transport = Arc::new(Mutex::new(transport));
+    let host_event = host_fd.map(|fd| HostEvent {
+        transport: transport.clone(),
+        fd,
+    });
     let mut queue_events = Vec::with_capacity(queues);
     for queue in 0..queues {
         let event = EventFd::new(EFD_NONBLOCK).map_err(host("cannot create an eventfd"))?;
@@ -146,6 +162,7 @@ fn attach_virtio(
     Ok(PlacedDevice {
         cmdline: format!(" virtio_mmio.device=4K@{addr:#x}:{irq}"),
         queue_events,
+        host_event,
     })
 }
 
@@ -214,6 +231,7 @@ impl MicroVm {
         // virtio devices on the MMIO bus, announced on the kernel command line.
         let mut mmio = Bus::new();
         let mut queue_events = Vec::new();
+        let mut host_events = Vec::new();
         let mut cmdline = config.cmdline.clone();
         let mut devices: Vec<Box<dyn VirtioDevice>> = Vec::new();
         for (i, disk) in config.disks.iter().enumerate() {
@@ -224,10 +242,14 @@ impl MicroVm {
         if config.rng {
             devices.push(Box::new(Rng));
         }
+        if let Some(vsock) = &config.vsock {
+            devices.push(Box::new(Vsock::new(vsock.cid, &vsock.uds)?));
+        }
         for (slot, device) in devices.into_iter().enumerate() {
             let placed = attach_virtio(&vm, &mem, &mut mmio, slot, device)?;
             cmdline.push_str(&placed.cmdline);
             queue_events.extend(placed.queue_events);
+            host_events.extend(placed.host_event);
         }
         let mmio = Arc::new(mmio);
 
@@ -260,6 +282,7 @@ impl MicroVm {
             console_tail,
             serial_in: config.serial_in,
             queue_events,
+            host_events,
             stop_signals,
         })
     }
@@ -313,6 +336,17 @@ impl MicroVm {
                 .map_err(host("cannot watch a queue eventfd"))?;
         }
 
+        const HOST_TOKEN_BASE: u64 = 1 << 32;
+        for (i, h) in self.host_events.iter().enumerate() {
+            epoll
+                .ctl(
+                    ControlOperation::Add,
+                    h.fd,
+                    EpollEvent::new(EventSet::IN, HOST_TOKEN_BASE + i as u64),
+                )
+                .map_err(host("cannot watch a device's host events"))?;
+        }
+
         let mut events = vec![EpollEvent::default(); 16];
         loop {
             let n = match epoll.wait(-1, &mut events) {
@@ -351,6 +385,12 @@ impl MicroVm {
                                 code: 128 + signo,
                                 message: format!("stopped by {}", stop_signals::name(signo)),
                             });
+                        }
+                    }
+                    token if token >= HOST_TOKEN_BASE => {
+                        let index = usize::try_from(token - HOST_TOKEN_BASE).unwrap_or(usize::MAX);
+                        if let Some(h) = self.host_events.get(index) {
+                            lock(&h.transport).process_host_events();
                         }
                     }
                     token if token >= QUEUE_TOKEN_BASE => {

@@ -124,6 +124,14 @@ fn allowed(kind: ThreadKind) -> &'static [i64] {
             libc::SYS_fdatasync,
             libc::SYS_fsync,
             libc::SYS_getrandom,
+            // virtio-net: frames to and from the tap.
+            libc::SYS_readv,
+            libc::SYS_writev,
+            // virtio-vsock: host clients arrive on the listener; guest connections are forwarded
+            // to host listeners; half-closes pass through.
+            libc::SYS_accept4,
+            libc::SYS_connect,
+            libc::SYS_shutdown,
         ],
         // Serial output and eventfd writes; the boot timer's getrusage and /proc/self/stat read.
         ThreadKind::Vcpu => &[libc::SYS_write, libc::SYS_pread64, libc::SYS_getrusage],
@@ -139,6 +147,20 @@ fn rules(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, SeccompErr
         .chain(allowed(kind))
         .map(|&nr| (nr, Vec::new()))
         .collect();
+    if kind == ThreadKind::Vmm {
+        // Sockets only of the Unix domain: vsock connections forwarded to host listeners.
+        let unix = SeccompCondition::new(
+            0,
+            SeccompCmpArgLen::Dword,
+            SeccompCmpOp::Eq,
+            libc::AF_UNIX as u64,
+        )
+        .map_err(build)?;
+        rules.insert(
+            libc::SYS_socket,
+            vec![SeccompRule::new(vec![unix]).map_err(build)?],
+        );
+    }
     if kind == ThreadKind::Vcpu {
         let kvm_run = SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, KVM_RUN)
             .map_err(build)?;
@@ -185,7 +207,6 @@ mod tests {
         for forbidden in [
             libc::SYS_execve,
             libc::SYS_openat,
-            libc::SYS_socket,
             libc::SYS_clone,
             libc::SYS_getppid,
         ] {
@@ -199,6 +220,14 @@ mod tests {
         assert!(!rules(ThreadKind::Vmm)
             .unwrap()
             .contains_key(&libc::SYS_ioctl));
+        assert_eq!(
+            rules(ThreadKind::Vmm).unwrap()[&libc::SYS_socket].len(),
+            1,
+            "socket only with a condition"
+        );
+        for kind in [ThreadKind::Vcpu, ThreadKind::BlockIo] {
+            assert!(!rules(kind).unwrap().contains_key(&libc::SYS_socket));
+        }
         assert!(!rules(ThreadKind::BlockIo)
             .unwrap()
             .contains_key(&libc::SYS_write));

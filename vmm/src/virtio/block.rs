@@ -316,7 +316,10 @@ impl VirtioDevice for Block {
 
     /// Takes every available request, runs their transfers (in parallel when there are several),
     /// then completes them in order: flushes and ids run after the batch's transfers.
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        let Some(queue) = queues.get_mut(index) else {
+            return false;
+        };
         let mut chains = Vec::new();
         while let Some(chain) = queue.pop_descriptor_chain(mem) {
             chains.push((
@@ -458,7 +461,7 @@ mod tests {
         mem.write_obj(0xffu8, GuestAddress(status_at)).unwrap();
         q.build_desc_chain(descs).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(block.process_queue(0, &mut queue, mem));
+        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), mem));
         let used_len: u32 = mem.read_obj(q.used_addr().unchecked_add(8)).unwrap();
         (used_len, mem.read_obj(GuestAddress(status_at)).unwrap())
     }
@@ -707,7 +710,7 @@ mod tests {
         )));
         q.add_desc_chains(&descs, 0).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(block.process_queue(0, &mut queue, &m));
+        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), &m));
         for i in 0..4u64 {
             let mut buf = [0u8; 512];
             m.read_slice(&mut buf, GuestAddress(0x8000 + 0x1000 * i))
@@ -750,7 +753,7 @@ mod tests {
         ];
         q.add_desc_chains(&descs, 0).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(block.process_queue(0, &mut queue, &m));
+        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), &m));
         let used_len: u32 = m.read_obj(q.used_addr().unchecked_add(8)).unwrap();
         assert_eq!(used_len, 0);
     }

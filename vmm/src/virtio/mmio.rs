@@ -120,9 +120,38 @@ impl MmioTransport {
         if !queue.ready() {
             return;
         }
-        if self.device.process_queue(index, queue, &self.mem)
-            && queue.needs_notification(&self.mem).unwrap_or(true)
+        if self
+            .device
+            .process_queue(index, &mut self.queues, &self.mem)
         {
+            self.signal_used();
+        }
+    }
+
+    /// The device's host-side file descriptor, if it has one (see
+    /// [`VirtioDevice::host_event_fd`]).
+    pub fn host_event_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.device.host_event_fd()
+    }
+
+    /// The device's host-side file descriptor is ready: let the device serve it.
+    pub fn process_host_events(&mut self) {
+        let active = self.is_activated() && self.queues.iter().all(|q| q.ready());
+        if self
+            .device
+            .process_host_events(&mut self.queues, &self.mem, active)
+        {
+            self.signal_used();
+        }
+    }
+
+    /// Interrupts the driver unless every queue with used buffers asked not to be.
+    fn signal_used(&mut self) {
+        let mut needed = false;
+        for queue in self.queues.iter_mut().filter(|q| q.ready()) {
+            needed |= queue.needs_notification(&self.mem).unwrap_or(true);
+        }
+        if needed {
             self.interrupt.trigger(INTERRUPT_USED_BUFFER);
         }
     }
@@ -359,7 +388,8 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             read_config_bytes(&[0xaa, 0xbb], offset, data);
         }
-        fn process_queue(&mut self, _: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+        fn process_queue(&mut self, i: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+            let queue = &mut queues[i];
             let mut any = false;
             while let Some(chain) = queue.pop_descriptor_chain(mem) {
                 queue.add_used(mem, chain.head_index(), 0).unwrap();

@@ -8,7 +8,9 @@ pub mod block;
 pub mod block_request;
 pub mod mmio;
 pub mod rng;
+pub mod vsock;
 
+use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use virtio_queue::{Queue, QueueT};
@@ -19,8 +21,10 @@ use vmm_sys_util::eventfd::EventFd;
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
 
 /// Device types (virtio 1.2, 5).
+pub const TYPE_NET: u32 = 1;
 pub const TYPE_BLOCK: u32 = 2;
 pub const TYPE_RNG: u32 = 4;
+pub const TYPE_VSOCK: u32 = 19;
 
 /// Device status bits (virtio 1.2, 2.1).
 pub mod status {
@@ -46,8 +50,26 @@ pub trait VirtioDevice: Send {
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Writes the device-specific config space (read-only for our devices: ignored).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
-    /// Serves every available buffer of queue `index`; returns true if any was used.
-    fn process_queue(&mut self, index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool;
+    /// The driver notified queue `index`: serves its available buffers (and, for devices whose
+    /// queues work together, whatever that unblocks on the others). Returns true if any buffer
+    /// of any queue was used.
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool;
+    /// A file descriptor the event loop watches on the device's behalf (a tap, or an epoll fd of
+    /// the device's own sockets); when it is readable, [`Self::process_host_events`] runs.
+    fn host_event_fd(&self) -> Option<RawFd> {
+        None
+    }
+    /// Host-side readiness on [`Self::host_event_fd`]. `active` is false until the driver has set
+    /// the device up: the device must then only take note of the events, not touch `queues`.
+    /// Returns true if any buffer was used.
+    fn process_host_events(
+        &mut self,
+        _queues: &mut [Queue],
+        _mem: &GuestMemoryMmap,
+        _active: bool,
+    ) -> bool {
+        false
+    }
     /// Back to the state before the driver's first access.
     fn reset(&mut self) {}
 }

@@ -72,7 +72,10 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn process_queue(&mut self, _index: usize, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        let Some(queue) = queues.get_mut(index) else {
+            return false;
+        };
         serve_queue(queue, mem, |descs| self.fill(descs, mem))
     }
 }
@@ -94,7 +97,7 @@ mod tests {
         ])
         .unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(Rng.process_queue(0, &mut queue, &mem));
+        assert!(Rng.process_queue(0, std::slice::from_mut(&mut queue), &mem));
         let used_len: u32 = mem.read_obj(q.used_addr().unchecked_add(8)).unwrap();
         assert_eq!(used_len, 64);
         let mut buf = [0u8; 64];
@@ -113,7 +116,7 @@ mod tests {
         ))])
         .unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(Rng.process_queue(0, &mut queue, &mem));
+        assert!(Rng.process_queue(0, std::slice::from_mut(&mut queue), &mem));
         let used_len: u32 = mem.read_obj(q.used_addr().unchecked_add(8)).unwrap();
         assert_eq!(used_len, 0);
     }
