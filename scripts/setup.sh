@@ -38,11 +38,13 @@ say "kernels"
 scripts/build-kernel.sh guest target/guest/vmlinux
 scripts/build-kernel.sh test-host target/test-host/vmlinux
 
-# guest-init runs in the guest's initramfs; skiff-vmm and skiff-jailer run in an empty jail: all
-# three are static (target/x86_64-unknown-linux-gnu/release/).
-say "static binaries: skiff-init, skiff-vmm, skiff-jailer"
+# guest-init runs in the guest's initramfs; skiff-vmm and skiff-jailer run in an empty jail; the
+# skiff-probe test tool runs in test guests: all static (target/x86_64-unknown-linux-gnu/release/).
+say "static binaries: skiff-init, skiff-vmm, skiff-jailer, skiff-probe"
 RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build -q -p guest-init -p vmm --bins --release --target x86_64-unknown-linux-gnu
+RUSTFLAGS="-C target-feature=+crt-static" \
+    cargo build -q -p skiff-tests --bin skiff-probe --release --target x86_64-unknown-linux-gnu
 say "release binaries"
 cargo build -q --release --workspace --bins
 target/release/skiff-initramfs \

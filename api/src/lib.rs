@@ -1,3 +1,5 @@
 //! The host service `skiffd` and the `skiff` CLI: task definitions, tasks, services, capacity
-//! accounting, tap networking, persistence and auth. Nothing here yet: the API follows once
-//! `skiff-vmm` runs containers (see the project's issues for the order).
+//! accounting, tap networking, persistence and auth. So far: the host end of the control channel
+//! to guest-init ([`guest_control`]), which the task runner builds on.
+
+pub mod guest_control;

@@ -1,10 +1,14 @@
 //! skiff-init: PID 1 of a Skiff microVM. It tells the VMM it started (the boot timer), mounts the
-//! pseudo-filesystems and any disks it is given, prints a banner with what the guest sees, runs
-//! the program it is given (if any), and reports the exit status to the VMM before resetting the
-//! machine. A panic is reported as a crash; init never hangs the VM.
+//! pseudo-filesystems and any disks it is given, prints a banner with what the guest sees,
+//! configures the network (loopback always; an interface, hostname and name servers when asked),
+//! runs the program it is given (if any), and reports the exit status to the VMM before resetting
+//! the machine. A panic is reported as a crash; init never hangs the VM.
 
+mod control;
 mod host_port;
 mod mounts;
+mod netlink;
+mod network;
 mod power;
 mod process;
 mod settings;
@@ -12,7 +16,7 @@ mod system_info;
 
 use settings::Settings;
 
-/// Exit status when init itself fails (mounts, settings).
+/// Exit status when init itself fails (mounts, settings, network).
 const INIT_FAILURE: u8 = 1;
 
 fn run() -> Result<u8, Box<dyn std::error::Error>> {
@@ -27,9 +31,30 @@ fn run() -> Result<u8, Box<dyn std::error::Error>> {
     for spec in &settings.mounts {
         mounts::mount_disk(spec)?;
     }
-    let status = match &settings.run {
-        Some(path) => process::run(path),
-        None => Ok(settings.exit_status),
+    let status = match network::configure(&settings.network) {
+        Ok(()) => {
+            if let Some(summary) = network::summary(&settings.network) {
+                println!("skiff-init: network {summary}");
+            }
+            let served = if settings.control {
+                control::serve(&info.kernel).map_err(|e| {
+                    eprintln!("skiff-init: {e}");
+                    INIT_FAILURE
+                })
+            } else {
+                Ok(())
+            };
+            match (served, &settings.run) {
+                (Err(status), _) => Ok(status),
+                (Ok(()), Some(path)) => process::run(path),
+                (Ok(()), None) => Ok(settings.exit_status),
+            }
+        }
+        // Reported here rather than returned, so that the disks are still unmounted.
+        Err(e) => {
+            eprintln!("skiff-init: network: {e}");
+            Ok(INIT_FAILURE)
+        }
     };
     mounts::unmount_disks(&settings.mounts);
     Ok(status?)

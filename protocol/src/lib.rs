@@ -88,6 +88,7 @@
 
 mod frame;
 mod message;
+pub mod vsock;
 pub mod wire;
 
 pub use frame::{read_message, write_message, FrameReader};

@@ -44,6 +44,8 @@ pub enum Artefact {
     SkiffJailer,
     /// `skiff-bootbench` (release build)
     BootBench,
+    /// `skiff-probe` (static release build: it runs in the nested host and in guests)
+    Probe,
 }
 
 impl Artefact {
@@ -57,6 +59,7 @@ impl Artefact {
             Artefact::SkiffVmm => static_bin_dir().join("skiff-vmm"),
             Artefact::SkiffJailer => static_bin_dir().join("skiff-jailer"),
             Artefact::BootBench => bin_dir().join("skiff-bootbench"),
+            Artefact::Probe => static_bin_dir().join("skiff-probe"),
         }
     }
 
@@ -67,7 +70,8 @@ impl Artefact {
             | Artefact::TestHostKernel
             | Artefact::GuestInit
             | Artefact::SkiffVmm
-            | Artefact::SkiffJailer => "run scripts/setup.sh",
+            | Artefact::SkiffJailer
+            | Artefact::Probe => "run scripts/setup.sh",
             Artefact::BootBench => "run cargo build --release --workspace",
         }
     }

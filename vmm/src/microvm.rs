@@ -15,7 +15,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use crate::arch::layout::{VIRTIO_IRQ_BASE, VIRTIO_MMIO_START};
 use crate::arch::{boot, memory, mptable, paging, regs};
 use crate::bus::{lock, Bus, BusError};
-use crate::config::{ConfigError, SerialOutput, VmConfig};
+use crate::config::{ConfigError, MacAddr, SerialOutput, VmConfig};
 use crate::devices::guest_report::{GuestReport, REPORT_PORT_BASE, REPORT_PORT_LEN};
 use crate::devices::i8042::{I8042, I8042_PORT_BASE, I8042_PORT_LEN};
 use crate::devices::serial::{
@@ -28,6 +28,7 @@ use crate::stop_signals::{self, StopSignals};
 use crate::vcpu::{Vcpu, VcpuError};
 use crate::virtio::block::{Block, BlockError};
 use crate::virtio::mmio::{MmioError, MmioTransport, MMIO_DEVICE_SIZE, REG_QUEUE_NOTIFY};
+use crate::virtio::net::{Net, NetError};
 use crate::virtio::rng::Rng;
 use crate::virtio::vsock::{Vsock, VsockError};
 use crate::virtio::{Interrupt, VirtioDevice};
@@ -62,6 +63,8 @@ pub enum MicroVmError {
     Mmio(#[from] MmioError),
     #[error(transparent)]
     Vsock(#[from] VsockError),
+    #[error(transparent)]
+    Net(#[from] NetError),
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
     #[error("cannot open serial output {path}: {source}")]
@@ -238,6 +241,10 @@ impl MicroVm {
             let id = disk.id.clone().unwrap_or_else(|| format!("disk{i}"));
             let block = Block::open(&disk.path, disk.read_only, &id)?.with_io_helper(&mem)?;
             devices.push(Box::new(block));
+        }
+        for net in &config.nets {
+            let mac = net.mac.unwrap_or_else(|| MacAddr::derived(&net.tap));
+            devices.push(Box::new(Net::open(&net.tap, mac)?));
         }
         if config.rng {
             devices.push(Box::new(Rng));

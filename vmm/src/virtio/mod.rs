@@ -7,6 +7,7 @@
 pub mod block;
 pub mod block_request;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 pub mod vsock;
 

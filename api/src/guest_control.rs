@@ -1,0 +1,276 @@
+//! The host end of the control channel to guest-init.
+//!
+//! guest-init connects at boot to host port [`GUEST_CONTROL_PORT`] over vsock, which the VMM
+//! forwards to the Unix socket `<vsock uds>_1024` (see `skiff-vmm --vsock`). [`ControlListener`]
+//! listens there; once guest-init has said `Hello`, [`GuestControl`] runs commands in the guest
+//! and collects their output and exit status.
+
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use skiff_protocol::{
+    read_message, write_message, ExitStatus, Message, ProtocolError, Stream, GUEST_CONTROL_PORT,
+};
+
+/// Errors on the control channel.
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("cannot listen for guest-init on {path}: {source}")]
+    Listen {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("guest-init did not connect within {0:?}")]
+    Timeout(Duration),
+    #[error("control channel: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("control channel: {0}")]
+    Protocol(#[from] ProtocolError),
+    #[error("guest-init closed the control channel")]
+    Closed,
+    #[error("guest-init sent {0} where Hello was expected")]
+    NoHello(&'static str),
+    #[error("guest-init: {0}")]
+    Guest(String),
+}
+
+/// Where guest-init's connection arrives for a VMM whose vsock socket is `vsock_uds`.
+pub fn control_socket_path(vsock_uds: &Path) -> PathBuf {
+    let mut path = vsock_uds.as_os_str().to_owned();
+    path.push(format!("_{GUEST_CONTROL_PORT}"));
+    PathBuf::from(path)
+}
+
+/// Listens for guest-init's connection.
+pub struct ControlListener {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlListener {
+    /// Listens on `<vsock_uds>_1024` (replacing a stale socket file there).
+    pub fn bind(vsock_uds: &Path) -> Result<Self, ControlError> {
+        let path = control_socket_path(vsock_uds);
+        let listen_err = |source| ControlError::Listen {
+            path: path.clone(),
+            source,
+        };
+        match std::fs::remove_file(&path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(listen_err(e)),
+        }
+        let listener = UnixListener::bind(&path).map_err(listen_err)?;
+        Ok(Self { listener, path })
+    }
+
+    /// Waits up to `timeout` for guest-init to connect and say hello.
+    pub fn accept(&self, timeout: Duration) -> Result<GuestControl, ControlError> {
+        let mut pfd = libc::pollfd {
+            fd: self.listener.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = libc::c_int::try_from(timeout.as_millis()).unwrap_or(libc::c_int::MAX);
+        // SAFETY: `pfd` is one valid pollfd.
+        let n = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if n <= 0 {
+            return Err(ControlError::Timeout(timeout));
+        }
+        let (mut stream, _) = self.listener.accept()?;
+        stream.set_read_timeout(Some(timeout))?;
+        let hello = read_message(&mut stream)?.ok_or(ControlError::Closed)?;
+        stream.set_read_timeout(None)?;
+        match hello {
+            Message::Hello {
+                version,
+                boot_ms,
+                kernel,
+            } => Ok(GuestControl {
+                stream,
+                version,
+                boot_ms,
+                kernel,
+                next_id: 1,
+            }),
+            other => Err(ControlError::NoHello(other.name())),
+        }
+    }
+}
+
+impl Drop for ControlListener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// What a command printed and how it ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CommandOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    pub status: ExitStatus,
+    /// Set when guest-init could not start the command.
+    pub error: Option<String>,
+}
+
+/// A connected guest-init.
+pub struct GuestControl {
+    stream: UnixStream,
+    /// The protocol version guest-init speaks.
+    pub version: u8,
+    /// Milliseconds from the guest kernel's start to guest-init's hello.
+    pub boot_ms: u64,
+    /// The guest kernel's release.
+    pub kernel: String,
+    next_id: u32,
+}
+
+impl GuestControl {
+    /// Runs `argv` in the guest, passing each piece of output to `on_output` as it arrives;
+    /// returns how the command ended and the error guest-init reported, if any.
+    pub fn exec_streaming(
+        &mut self,
+        argv: &[String],
+        env: &[String],
+        cwd: &str,
+        mut on_output: impl FnMut(Stream, &[u8]),
+    ) -> Result<(ExitStatus, Option<String>), ControlError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        write_message(
+            &mut self.stream,
+            &Message::Exec {
+                id,
+                argv: argv.to_vec(),
+                env: env.to_vec(),
+                cwd: cwd.to_owned(),
+            },
+        )?;
+        let mut error = None;
+        loop {
+            match read_message(&mut self.stream)?.ok_or(ControlError::Closed)? {
+                Message::Output {
+                    id: oid,
+                    stream,
+                    data,
+                } if oid == id => on_output(stream, &data),
+                Message::Exited { id: eid, status } if eid == id => return Ok((status, error)),
+                Message::Error { id: eid, message } if eid == id => error = Some(message),
+                Message::Error { id: 0, message } => return Err(ControlError::Guest(message)),
+                _ => {}
+            }
+        }
+    }
+
+    /// Runs `argv` in the guest and collects its output.
+    pub fn exec(&mut self, argv: &[String]) -> Result<CommandOutput, ControlError> {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        let (status, error) = self.exec_streaming(argv, &[], "/", |s, d| match s {
+            Stream::Stdout => stdout.extend_from_slice(d),
+            Stream::Stderr => stderr.extend_from_slice(d),
+        })?;
+        Ok(CommandOutput {
+            stdout,
+            stderr,
+            status,
+            error,
+        })
+    }
+
+    /// Sends `signal` to command `id` (the one running).
+    pub fn signal(&mut self, id: u32, signal: i32) -> Result<(), ControlError> {
+        write_message(&mut self.stream, &Message::Signal { id, signal })?;
+        Ok(())
+    }
+
+    /// Asks guest-init to power the guest off.
+    pub fn shutdown(mut self) -> Result<(), ControlError> {
+        write_message(&mut self.stream, &Message::Shutdown)?;
+        // Wait for guest-init to close its end (the guest is going down).
+        let mut buf = [0u8; 64];
+        while matches!(self.stream.read(&mut buf), Ok(n) if n > 0) {}
+        let _ = self.stream.flush();
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp(name: &str) -> PathBuf {
+        std::env::temp_dir().join(format!("skiff-ctl-{name}-{}", std::process::id()))
+    }
+
+    #[test]
+    fn the_control_socket_sits_beside_the_vsock_socket() {
+        assert_eq!(
+            control_socket_path(Path::new("/run/t/v.sock")),
+            PathBuf::from("/run/t/v.sock_1024")
+        );
+    }
+
+    #[test]
+    fn a_guest_that_says_hello_can_run_commands() {
+        let uds = temp("hello");
+        let listener = ControlListener::bind(&uds).unwrap();
+        let path = control_socket_path(&uds);
+        let guest = std::thread::spawn(move || {
+            let mut s = UnixStream::connect(path).unwrap();
+            write_message(
+                &mut s,
+                &Message::Hello {
+                    version: 1,
+                    boot_ms: 42,
+                    kernel: "6.1.0".into(),
+                },
+            )
+            .unwrap();
+            let Some(Message::Exec { id, argv, .. }) = read_message(&mut s).unwrap() else {
+                panic!("expected Exec");
+            };
+            assert_eq!(argv, ["echo", "hi"]);
+            for (stream, data) in [(Stream::Stdout, "hi\n"), (Stream::Stderr, "warn\n")] {
+                let data = data.as_bytes().to_vec();
+                write_message(&mut s, &Message::Output { id, stream, data }).unwrap();
+            }
+            let status = ExitStatus::Code(3);
+            write_message(&mut s, &Message::Exited { id, status }).unwrap();
+            assert_eq!(read_message(&mut s).unwrap(), Some(Message::Shutdown));
+        });
+        let mut ctl = listener.accept(Duration::from_secs(5)).unwrap();
+        assert_eq!((ctl.boot_ms, ctl.kernel.as_str()), (42, "6.1.0"));
+        let out = ctl.exec(&["echo".into(), "hi".into()]).unwrap();
+        assert_eq!(out.stdout, b"hi\n");
+        assert_eq!(out.stderr, b"warn\n");
+        assert_eq!(out.status, ExitStatus::Code(3));
+        ctl.shutdown().unwrap();
+        guest.join().unwrap();
+    }
+
+    #[test]
+    fn a_silent_or_rude_guest_is_a_clear_error() {
+        let uds = temp("rude");
+        let listener = ControlListener::bind(&uds).unwrap();
+        assert!(matches!(
+            listener.accept(Duration::from_millis(50)),
+            Err(ControlError::Timeout(_))
+        ));
+        let path = control_socket_path(&uds);
+        let mut s = UnixStream::connect(&path).unwrap();
+        write_message(&mut s, &Message::Shutdown).unwrap();
+        assert!(matches!(
+            listener.accept(Duration::from_secs(5)),
+            Err(ControlError::NoHello("Shutdown"))
+        ));
+        let mut s = UnixStream::connect(&path).unwrap();
+        s.write_all(&[0xff; 16]).unwrap();
+        assert!(listener.accept(Duration::from_secs(5)).is_err());
+    }
+}
