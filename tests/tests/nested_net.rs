@@ -13,7 +13,7 @@ const STEPS: &[&str] = &[
     "expect=cat /etc/resolv.conf=>nameserver 172.16.0.1",
     "expect=ip -4 addr show eth0 | grep -o 'inet [0-9./]*'=>inet 172.16.0.2/30",
     "expect=cat /sys/class/net/eth0/address=>06:00:ac:10:00:02",
-    "expect=ip route | grep default=>default via 172.16.0.1 dev eth0 ",
+    "expect=ip route | grep default=>default via 172.16.0.1 dev eth0",
     "exec=ping -c 3 -W 10 172.16.0.1",
     "host=ping -c 3 -W 10 172.16.0.2",
     "exec=skiff-probe tcp-echo 7000 >/dev/null 2>&1 &",
