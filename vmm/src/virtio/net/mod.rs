@@ -37,6 +37,8 @@ pub const F_GUEST_TSO6: u64 = 1 << 8;
 pub const F_HOST_TSO4: u64 = 1 << 11;
 pub const F_HOST_TSO6: u64 = 1 << 12;
 
+/// Failed tap reads in a row after which receiving waits for the next event.
+const MAX_RX_ERRORS_PER_PASS: u32 = 64;
 /// Most descriptors in one chain we turn into iovecs (a 64 KiB frame in 4 KiB pages, plus some).
 const MAX_CHAIN_DESCS: usize = 64;
 
@@ -194,6 +196,7 @@ impl Net {
     /// Moves frames from the tap into the guest's receive buffers until either runs out.
     fn process_rx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used_any = false;
+        let mut errors = 0;
         while self.tap_readable {
             let Some(chain) = queue.pop_descriptor_chain(mem) else {
                 break; // back-pressure: frames wait in the tap until the driver adds buffers
@@ -230,10 +233,20 @@ impl Net {
                 }
                 Err(_) => {
                     let err = std::io::Error::last_os_error();
-                    if err.kind() != std::io::ErrorKind::Interrupted {
-                        // WouldBlock: drained until the next edge. Anything else: the tap is
-                        // unusable (deleted); wait for an event rather than spin.
-                        self.tap_readable = false;
+                    match err.kind() {
+                        std::io::ErrorKind::Interrupted => {}
+                        // Drained until the next edge.
+                        std::io::ErrorKind::WouldBlock => self.tap_readable = false,
+                        // The tap dropped a frame it could not deliver (e.g. larger than the
+                        // chain): more may be queued behind it, and no new edge would announce
+                        // them, so keep reading — unless the tap keeps failing (deleted).
+                        _ => {
+                            self.stats.rx_dropped += 1;
+                            errors += 1;
+                            if errors >= MAX_RX_ERRORS_PER_PASS {
+                                self.tap_readable = false;
+                            }
+                        }
                     }
                     queue.go_to_previous_position();
                     continue;

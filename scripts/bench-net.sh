@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Network benchmark, inside one nested test host: guest<->host TCP throughput (a 100 MiB echo,
+# every byte checked, RUNS times) and ping round-trip latency, for skiff-vmm and for QEMU
+# `-M microvm` with virtio-net-device on an equivalent tap, same guest kernel and guest program.
+#   scripts/bench-net.sh [RUNS]
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+runs=${1:-3}
+for f in target/guest/vmlinux target/test-host/vmlinux; do
+    [ -f "$f" ] || { echo "bench-net: $f is missing: run scripts/setup.sh first" >&2; exit 1; }
+done
+static=target/x86_64-unknown-linux-gnu/release
+cargo build -q --release -p skiff-tests -p images --bins
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target x86_64-unknown-linux-gnu -p vmm -p guest-init --bins
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target x86_64-unknown-linux-gnu -p skiff-tests --bin skiff-probe
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+printf '#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexec /bin/skiff-probe tcp-echo 7000\n' > "$work/bench.sh"
+chmod +x "$work/bench.sh"
+target/release/skiff-initramfs --init "$static/skiff-init" \
+    --binary /bin/busybox=/bin/busybox --binary "$static/skiff-probe=/bin/skiff-probe" \
+    --binary "$work/bench.sh=/bench.sh" --out "$work/initramfs.cpio"
+
+target/release/skiff-nested \
+    --binary "$static/skiff-vmm=/skiff/skiff-vmm" \
+    --binary "$static/skiff-probe=/skiff/skiff-probe" \
+    --binary "$(command -v qemu-system-x86_64)"=/usr/bin/qemu-system-x86_64 \
+    --file /usr/share/qemu/bios-microvm.bin=/usr/share/qemu/bios-microvm.bin \
+    --file target/guest/vmlinux=/skiff/vmlinux \
+    --file "$work/initramfs.cpio=/skiff/bench.cpio" \
+    --memory-mib 3072 \
+    - <<SCRIPT | tee "$work/out"
+cat > /tmp/bench.sh <<'NETNS'
+ip link set lo up
+measure() {
+    name=\$1; addr=\$2
+    i=0; until ping -c 1 -W 1 \$addr >/dev/null 2>&1; do i=\$((i+1)); [ \$i -gt 300 ] && { echo "\$name: guest unreachable"; return 1; }; done
+    i=0; until skiff-probe tcp-streams \$addr 7000 1 65536 >/dev/null 2>&1; do i=\$((i+1)); [ \$i -gt 60 ] && { echo "\$name: no echo server"; return 1; }; sleep 1; done
+    for r in \$(seq $runs); do
+        skiff-probe tcp-streams \$addr 7000 1 104857600 | sed -n "s/.*(\\(.*\\) MiB\\/s each way)/bench \$name tput \\1/p"
+    done
+    ping -c 20 -i 0.2 \$addr | sed -n "s/.*= [0-9.]*\\/\\([0-9.]*\\)\\/.*/bench \$name rtt \\1/p"
+}
+args='console=ttyS0 reboot=k panic=-1 quiet skiff.run=/bench.sh'
+skiff-probe tap-add tap0; ip addr add 172.16.0.1/30 dev tap0; ip link set tap0 up
+skiff-vmm --kernel /skiff/vmlinux --initrd /skiff/bench.cpio --memory-mib 256 --serial-out none \
+    --net tap=tap0 --cmdline "\$args skiff.ip=172.16.0.2/30" &
+vmm=\$!
+measure skiff 172.16.0.2
+kill \$vmm; wait \$vmm
+skiff-probe tap-add tap1; ip addr add 172.16.1.1/30 dev tap1; ip link set tap1 up
+qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=off,isa-serial=on -enable-kvm -cpu host \
+    -nodefaults -no-user-config -display none -no-reboot -serial null -L /usr/share/qemu \
+    -m 256 -kernel /skiff/vmlinux -initrd /skiff/bench.cpio \
+    -netdev tap,id=n0,ifname=tap1,script=no,downscript=no -device virtio-net-device,netdev=n0 \
+    -append "\$args skiff.ip=172.16.1.2/30 reboot=t" &
+qemu=\$!
+measure qemu 172.16.1.2
+kill \$qemu; wait \$qemu
+NETNS
+unshare -n sh /tmp/bench.sh
+SCRIPT
+
+median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+val() { grep "^bench $1 $2 " "$work/out" | awk '{print $4}' | median; }
+st=$(val skiff tput); qt=$(val qemu tput); sr=$(val skiff rtt); qr=$(val qemu rtt)
+echo
+echo "| guest<->host TCP (nested, median of $runs) | Skiff | QEMU microvm | Skiff / QEMU |"
+echo "|---|---|---|---|"
+echo "| 100 MiB echo, MiB/s each way | $st | $qt | $(awk -v a="$st" -v b="$qt" 'BEGIN {printf "%.2f", a/b}') |"
+echo "| ping RTT, ms (avg of 20) | $sr | $qr | $(awk -v a="$sr" -v b="$qr" 'BEGIN {printf "%.2f", a/b}') |"
