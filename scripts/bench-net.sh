@@ -28,6 +28,7 @@ target/release/skiff-nested \
     --binary "$static/skiff-probe=/skiff/skiff-probe" \
     --binary "$(command -v qemu-system-x86_64)"=/usr/bin/qemu-system-x86_64 \
     --file /usr/share/qemu/bios-microvm.bin=/usr/share/qemu/bios-microvm.bin \
+    --file /usr/share/qemu/qboot.rom=/usr/share/qemu/qboot.rom \
     --file target/guest/vmlinux=/skiff/vmlinux \
     --file "$work/initramfs.cpio=/skiff/bench.cpio" \
     --memory-mib 3072 \
@@ -51,13 +52,13 @@ vmm=\$!
 measure skiff 172.16.0.2
 kill \$vmm; wait \$vmm
 skiff-probe tap-add tap1; ip addr add 172.16.1.1/30 dev tap1; ip link set tap1 up
-qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=off,isa-serial=on -enable-kvm -cpu host \
-    -nodefaults -no-user-config -display none -no-reboot -serial null -L /usr/share/qemu \
+qemu-system-x86_64 -M microvm,x-option-roms=off,rtc=off,isa-serial=on,acpi=off -enable-kvm -cpu host \
+    -nodefaults -no-user-config -display none -no-reboot -serial file:/tmp/qemu-guest.log -L /usr/share/qemu \
     -m 256 -kernel /skiff/vmlinux -initrd /skiff/bench.cpio \
     -netdev tap,id=n0,ifname=tap1,script=no,downscript=no -device virtio-net-device,netdev=n0 \
     -append "\$args skiff.ip=172.16.1.2/30 reboot=t" &
 qemu=\$!
-measure qemu 172.16.1.2
+measure qemu 172.16.1.2 || tail -20 /tmp/qemu-guest.log
 kill \$qemu; wait \$qemu
 NETNS
 unshare -n sh /tmp/bench.sh
