@@ -4,7 +4,7 @@
 //! echo work in both directions, and 100 MiB go each way intact (every byte checked).
 
 use skiff_tests::artefacts::{require, workspace_root, Artefact, Need};
-use skiff_tests::guest_image::write_test_initramfs;
+use skiff_tests::guest_image::write_probe_initramfs;
 use skiff_tests::nested::{case, NestedHost};
 
 const STEPS: &[&str] = &[
@@ -60,16 +60,7 @@ fn a_guest_on_a_tap_talks_tcp_and_icmp_with_its_host_both_ways() {
     let dir = workspace_root().join(format!("target/nested/net-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let initramfs = dir.join("initramfs.cpio");
-    write_test_initramfs(&[], &initramfs).unwrap();
-    let mut fs = images::initramfs::Initramfs::new();
-    fs.host_file("bin/skiff-probe", &Artefact::Probe.path(), Some(0o755))
-        .unwrap();
-    let extra = dir.join("extra.cpio");
-    fs.write_to(&extra).unwrap();
-    // Two cpio archives back to back are one initramfs to Linux.
-    let mut both = std::fs::read(&initramfs).unwrap();
-    both.extend(std::fs::read(&extra).unwrap());
-    std::fs::write(&initramfs, both).unwrap();
+    write_probe_initramfs(&[], &initramfs).unwrap();
 
     let steps: Vec<String> = STEPS
         .iter()

@@ -6,7 +6,7 @@
 //! abruptly — and the VMM keeps serving and exits cleanly when the host shuts the guest down.
 
 use skiff_tests::artefacts::{require, workspace_root, Artefact, Need};
-use skiff_tests::guest_image::write_test_initramfs;
+use skiff_tests::guest_image::write_probe_initramfs;
 use skiff_tests::nested::{case, NestedHost};
 
 const STEPS: &[&str] = &[
@@ -43,16 +43,7 @@ fn vsock_streams_and_the_control_channel_work_with_a_real_guest() {
     let dir = workspace_root().join(format!("target/nested/vsock-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let initramfs = dir.join("initramfs.cpio");
-    write_test_initramfs(&[], &initramfs).unwrap();
-    let mut fs = images::initramfs::Initramfs::new();
-    fs.host_file("bin/skiff-probe", &Artefact::Probe.path(), Some(0o755))
-        .unwrap();
-    let extra = dir.join("extra.cpio");
-    fs.write_to(&extra).unwrap();
-    // Two cpio archives back to back are one initramfs to Linux.
-    let mut both = std::fs::read(&initramfs).unwrap();
-    both.extend(std::fs::read(&extra).unwrap());
-    std::fs::write(&initramfs, both).unwrap();
+    write_probe_initramfs(&[], &initramfs).unwrap();
 
     let steps: Vec<String> = STEPS
         .iter()

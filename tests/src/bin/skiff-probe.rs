@@ -142,18 +142,28 @@ fn with_port(uds: &Path, port: u32) -> PathBuf {
     PathBuf::from(p)
 }
 
+/// Echoes every connection `accept` yields, each on a thread of its own, until it fails.
+fn serve_echo<S, A>(mut accept: A)
+where
+    S: Read + Write + Send + 'static,
+    A: FnMut() -> std::io::Result<(S, S)>,
+{
+    while let Ok((mut rx, mut tx)) = accept() {
+        std::thread::spawn(move || {
+            let _ = std::io::copy(&mut rx, &mut tx);
+        });
+    }
+}
+
 fn host_echo(uds: &Path, port: u32) -> Result<()> {
     let path = with_port(uds, port);
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     std::thread::spawn(move || {
-        for conn in listener.incoming().flatten() {
-            std::thread::spawn(move || {
-                let Ok(mut rx) = conn.try_clone() else { return };
-                let mut tx = conn;
-                let _ = std::io::copy(&mut rx, &mut tx);
-            });
-        }
+        serve_echo(|| {
+            let (s, _) = listener.accept()?;
+            Ok((s.try_clone()?, s))
+        })
     });
     Ok(())
 }
@@ -301,14 +311,11 @@ fn control(uds: &Path, steps: &[String]) -> Result<()> {
 fn guest_echo(port: u32) -> Result<()> {
     let listener =
         VsockListener::bind(port).with_context(|| format!("listen on vsock port {port}"))?;
-    loop {
-        let conn = listener.accept()?;
-        std::thread::spawn(move || {
-            let Ok(mut rx) = conn.try_clone() else { return };
-            let mut tx = conn;
-            let _ = std::io::copy(&mut rx, &mut tx);
-        });
-    }
+    serve_echo(|| {
+        let s = listener.accept()?;
+        Ok((s.try_clone()?, s))
+    });
+    bail!("guest-echo: accept failed")
 }
 
 fn main() -> Result<()> {
@@ -326,14 +333,11 @@ fn main() -> Result<()> {
         Some("guest-echo") => guest_echo(num(1)? as u32),
         Some("tcp-echo") => {
             let listener = std::net::TcpListener::bind(("0.0.0.0", num(1)? as u16))?;
-            for conn in listener.incoming().flatten() {
-                std::thread::spawn(move || {
-                    let Ok(mut rx) = conn.try_clone() else { return };
-                    let mut tx = conn;
-                    let _ = std::io::copy(&mut rx, &mut tx);
-                });
-            }
-            Ok(())
+            serve_echo(|| {
+                let (s, _) = listener.accept()?;
+                Ok((s.try_clone()?, s))
+            });
+            bail!("tcp-echo: accept failed")
         }
         Some("tcp-streams") => {
             let addr: std::net::IpAddr = args
