@@ -30,6 +30,8 @@ mount -t cgroup2 cgroup2 /sys/fs/cgroup
 mount -t devpts devpts /dev/pts
 ip link set lo up 2>/dev/null
 cd /tmp
+# A heartbeat on the console: a run that times out shows whether the host was still alive.
+(while sleep 60; do echo "nested: alive, uptime $(cut -d' ' -f1 /proc/uptime) s, load $(cut -d' ' -f1-3 /proc/loadavg)"; done) &
 sh /test.sh
 echo "SKIFF-NESTED-EXIT=$?"
 poweroff -f

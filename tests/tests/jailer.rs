@@ -1,7 +1,8 @@
 //! `skiff-jailer` on this machine (cgroup v1 controllers, emulated /dev/kvm) with tiny test guests:
-//! isolation of the jailed VMM, seccomp on every thread kind, jails of different uids, and clear
+//! isolation of the jailed VMM (with a disk, and a tap in the task's network namespace), seccomp on every thread kind, jails of different uids, and clear
 //! errors that leave nothing behind.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -47,6 +48,61 @@ fn status_field(pid: i32, task: Option<&str>, key: &str) -> String {
         .unwrap_or_default()
 }
 
+/// A network namespace holding a persistent tap owned by `uid`; deleted (with the tap) on drop.
+struct NetnsWithTap {
+    name: String,
+}
+
+impl NetnsWithTap {
+    fn new(name: &str, tap: &str, uid: u32) -> Self {
+        let ip = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("ip runs");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip")
+            .args(["netns", "del", name])
+            .stderr(std::process::Stdio::null())
+            .status();
+        ip(&["netns", "add", name]);
+        let uid = uid.to_string();
+        ip(&[
+            "-n", name, "tuntap", "add", "dev", tap, "mode", "tap", "user", &uid, "vnet_hdr",
+        ]);
+        Self {
+            name: name.to_owned(),
+        }
+    }
+
+    fn path(&self) -> String {
+        format!("/var/run/netns/{}", self.name)
+    }
+}
+
+impl Drop for NetnsWithTap {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// The network interface a tun/tap file descriptor of `pid` is attached to, if any.
+fn attached_tap(pid: i32) -> Option<String> {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .ok()?
+        .filter_map(Result::ok)
+        .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+        .find_map(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("iff:"))
+                .map(|n| n.trim().to_owned())
+        })
+}
+
 fn v1_group(controller: &str, id: &str) -> PathBuf {
     Path::new("/sys/fs/cgroup")
         .join(controller)
@@ -63,11 +119,19 @@ fn a_jailed_vmm_is_unprivileged_filtered_namespaced_and_capped() {
     let disk = base.join("disk.img");
     std::fs::write(&disk, vec![0u8; 1 << 20]).unwrap();
     let id = "iso-1";
+    let netns = NetnsWithTap::new(
+        &format!("skiff-iso-{}", std::process::id()),
+        "tap-iso",
+        10_001,
+    );
+    let netns_path = netns.path();
     let jail = start(
         id,
         10_001,
         &base,
         &[
+            "--netns",
+            &netns_path,
             "--cgroup",
             "memory=96M",
             "--cgroup",
@@ -86,11 +150,22 @@ fn a_jailed_vmm_is_unprivileged_filtered_namespaced_and_capped() {
             "48",
             "--disk",
             &format!("path={}", disk.display()),
+            "--net",
+            "tap=tap-iso",
         ],
         "test guest: waiting",
         Duration::from_secs(60),
     );
     let pid = jail.vmm_pid;
+    // It lives in the task's network namespace, attached to the task's tap.
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .unwrap()
+            .ino(),
+        std::fs::metadata(&netns_path).unwrap().ino(),
+        "the VMM joined the task's network namespace"
+    );
+    assert_eq!(attached_tap(pid).as_deref(), Some("tap-iso"));
     assert_eq!(status_field(pid, None, "Uid"), "10001 10001 10001 10001");
     assert_eq!(status_field(pid, None, "Gid"), "10001 10001 10001 10001");
     assert_eq!(status_field(pid, None, "Groups"), "");
@@ -169,6 +244,7 @@ fn a_jailed_vmm_is_unprivileged_filtered_namespaced_and_capped() {
     assert!(!dir.exists());
     assert!(!v1_group("memory", id).exists());
     cleanup(&base, id); // idempotent
+    drop(netns);
     std::fs::remove_dir_all(&base).unwrap();
 }
 

@@ -1,5 +1,6 @@
 //! `skiff-jailer` inside the nested test host (cgroup v2 only) with real Linux guests: the jailed
-//! VMM's isolation, a guest that uses all of its memory staying within the VMM's cgroup limit,
+//! VMM's isolation (with a disk, and a tap in the task's network namespace that the guest pings
+//! through), a guest that uses all of its memory staying within the VMM's cgroup limit,
 //! and a fork bomb inside a guest leaving the host alone. One nested boot.
 
 use std::time::Duration;
@@ -8,7 +9,7 @@ use skiff_tests::artefacts::{require, workspace_root, Artefact, Need};
 use skiff_tests::guest_image::write_test_initramfs;
 use skiff_tests::nested::NestedHost;
 
-const SLEEP: &str = "echo 'guest: sleeping'\nsleep 4\necho 'guest: done'\n";
+const SLEEP: &str = "/bin/busybox --install -s /bin\necho 'guest: sleeping'\nping -c 2 -W 10 172.16.0.1 >/dev/null && echo 'guest: ping ok'\nsleep 4\necho 'guest: done'\n";
 /// sort holds its whole input (one endless line of zeros) in memory: the guest runs out of
 /// memory and its kernel's OOM killer ends sort.
 const FILL: &str = "/bin/busybox --install -s /bin\necho 'guest: filling'\nhead -c 200000000 /dev/zero | sort > /dev/null\necho \"guest: filled (sort status $?)\"\n";
@@ -24,18 +25,44 @@ mkdir -p /srv/jailer
 dd if=/dev/zero of=/tmp/disk.img bs=1M count=8 2>/dev/null
 CMD="console=ttyS0 reboot=k panic=-1 quiet"
 vmm_args() { echo "--kernel /skiff/vmlinux --initrd /skiff/test.cpio --memory-mib GUEST_MIB"; }
-wait_for() { # file text
-    i=0; while ! grep -q "$2" "$1" 2>/dev/null; do i=$((i+1)); [ $i -gt 600 ] && return 1; sleep 0.1; done
+# What the host knows when a step takes too long.
+diagnose() { # log
+    echo "check: stuck; $1 ends with:"; tail -n 20 "$1"
+    ps -o pid,stat,time,comm | tail -n 30
+}
+wait_for() { # file text: within 120 s
+    end=$(($(date +%s) + 120))
+    while ! grep -q "$2" "$1" 2>/dev/null; do
+        [ "$(date +%s)" -ge $end ] && { diagnose "$1"; return 1; }
+        sleep 0.2
+    done
+}
+wait_exit() { # pid log: the jailer's exit status, killing it after 300 s
+    end=$(($(date +%s) + 300))
+    while kill -0 "$1" 2>/dev/null; do
+        [ "$(date +%s)" -ge $end ] && { diagnose "$2"; kill -KILL "$1"; break; }
+        sleep 0.2
+    done
+    wait "$1"
 }
 vmm_pid() { sed -n 's/.*running as pid //p' "$1"; }
 
-# 1. Isolation, with a real guest and a disk.
-$J --id real-1 --exec-file /skiff/skiff-vmm --uid 10001 --gid 10001 \
+# 1. Isolation, with a real guest, a disk and a tap (owned by the jail's uid, in a network
+#    namespace of the task's own: a process holds it, the jailer joins it by /proc path).
+unshare -n sleep 100000 &
+NS=$!
+sleep 0.5
+nsenter -n -t $NS sh -c 'ip link set lo up && skiff-probe tap-add tap0 10001 &&
+    ip addr add 172.16.0.1/30 dev tap0 && ip link set tap0 up' || echo "check: tap-failed"
+$J --id real-1 --exec-file /skiff/skiff-vmm --uid 10001 --gid 10001 --netns /proc/$NS/ns/net \
    --cgroup memory=LIMIT_MIBM --cgroup cpus=1 --cgroup pids=32 --resource-limit no-file=128 \
-   -- $(vmm_args) --disk path=/tmp/disk.img --cmdline "$CMD skiff.run=/sleep.sh" > /tmp/real.log 2>&1 &
+   -- $(vmm_args) --disk path=/tmp/disk.img --net tap=tap0 \
+   --cmdline "$CMD skiff.run=/sleep.sh skiff.ip=172.16.0.2/30" > /tmp/real.log 2>&1 &
 JP=$!
 wait_for /tmp/real.log "guest: sleeping" || echo "check: real-timeout"
 P=$(vmm_pid /tmp/real.log)
+[ "$(readlink /proc/$P/ns/net)" = "$(readlink /proc/$NS/ns/net)" ] && echo "check: ns-net task"
+echo "check: tap $(grep -h '^iff:' /proc/$P/fdinfo/* 2>/dev/null | cut -f2)"
 echo "check: uid $(sed -n 's/^Uid:\s*//p' /proc/$P/status | tr -s '\t ' ' ')"
 echo "check: gid $(sed -n 's/^Gid:\s*//p' /proc/$P/status | tr -s '\t ' ' ')"
 echo "check: nnp $(sed -n 's/^NoNewPrivs:\s*//p' /proc/$P/status)"
@@ -50,15 +77,17 @@ echo "check: cgroup $(cat /proc/$P/cgroup)"
 G=/sys/fs/cgroup/skiff/real-1
 echo "check: limits $(cat $G/memory.max) $(cat $G/cpu.max) $(cat $G/pids.max)"
 echo "check: etc-visible $([ -e /proc/$P/root/etc ] && echo yes || echo no)"
-wait $JP; echo "check: real-exit $?"
+wait_exit $JP /tmp/real.log; echo "check: real-exit $?"
+grep -q "guest: ping ok" /tmp/real.log && echo "check: real-guest-ping"
 grep -q "guest: done" /tmp/real.log && echo "check: real-guest-done"
+kill $NS
 $J --cleanup --id real-1
 echo "check: real-cleaned $([ -e /srv/jailer/skiff-vmm/real-1 ] || [ -e $G ] && echo no || echo yes)"
 
 # 2. A guest that uses all of its memory.
 $J --id mem-1 --exec-file /skiff/skiff-vmm --uid 10002 --gid 10002 --cgroup memory=LIMIT_MIBM \
-   -- $(vmm_args) --cmdline "$CMD skiff.run=/fill.sh" > /tmp/mem.log 2>&1
-echo "check: mem-exit $?"
+   -- $(vmm_args) --cmdline "$CMD skiff.run=/fill.sh" > /tmp/mem.log 2>&1 &
+wait_exit $! /tmp/mem.log; echo "check: mem-exit $?"
 grep "guest: filled" /tmp/mem.log | sed 's/^/check: /'
 G=/sys/fs/cgroup/skiff/mem-1
 echo "check: mem-peak $(cat $G/memory.peak)"
@@ -78,7 +107,7 @@ echo "check: bomb-cgroup-pids $(cat /sys/fs/cgroup/skiff/bomb-1/pids.current)"
 echo "check: host-alive $(echo ok)"
 echo "check: host-procs $(ls -d /proc/[0-9]* | wc -l)"
 kill -TERM $P
-wait $JP; echo "check: bomb-exit $?"
+wait_exit $JP /tmp/bomb.log; echo "check: bomb-exit $?"
 $J --cleanup --id bomb-1
 "#;
 
@@ -102,6 +131,7 @@ fn jailed_vmms_in_the_nested_host() {
             Need::Artefact(Artefact::GuestInit),
             Need::Artefact(Artefact::SkiffVmm),
             Need::Artefact(Artefact::SkiffJailer),
+            Need::Artefact(Artefact::Probe),
         ],
     ) {
         return;
@@ -121,11 +151,15 @@ fn jailed_vmms_in_the_nested_host() {
     host.binary("skiff/skiff-jailer", &Artefact::SkiffJailer.path())
         .unwrap();
     host.file("skiff/test.cpio", &initramfs).unwrap();
-    host.timeout(Duration::from_secs(900));
+    host.binary("bin/skiff-probe", &Artefact::Probe.path())
+        .unwrap();
+    host.timeout(Duration::from_secs(600));
     let run = host.run(&script).unwrap();
     std::fs::remove_dir_all(&dir).unwrap();
     let c = &run.console;
     eprintln!("nested jailer run took {:?}", run.elapsed);
+
+    assert!(!c.contains("check: stuck"), "a step did not finish: {c}");
 
     // Isolation.
     assert_eq!(check(c, "uid"), "10001 10001 10001 10001", "{c}");
@@ -138,6 +172,8 @@ fn jailed_vmms_in_the_nested_host() {
         "{c}"
     );
     assert_eq!(check(c, "devices"), "kvm net/tun urandom", "{c}");
+    assert_eq!(check(c, "ns-net"), "task", "joined the task's netns: {c}");
+    assert_eq!(check(c, "tap"), "tap0", "attached to the task's tap: {c}");
     for ns in ["pid", "mnt", "ipc", "uts"] {
         assert_eq!(check(c, &format!("ns-{ns}")), "differs", "{c}");
     }
@@ -150,6 +186,7 @@ fn jailed_vmms_in_the_nested_host() {
     );
     assert_eq!(check(c, "etc-visible"), "no", "{c}");
     assert_eq!(check(c, "real-exit"), "0", "{c}");
+    check(c, "real-guest-ping");
     check(c, "real-guest-done");
     assert_eq!(check(c, "real-cleaned"), "yes", "{c}");
 

@@ -18,7 +18,7 @@
 //! Either side (TCP over the guest's network):
 //!   skiff-probe tcp-echo PORT                 echo every TCP connection on PORT
 //!   skiff-probe tcp-streams ADDR PORT N BYTES N concurrent TCP streams, echoed, checked
-//!   skiff-probe tap-add NAME                  create the persistent tap NAME (host)
+//!   skiff-probe tap-add NAME [UID]            create the persistent tap NAME owned by UID (host)
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -352,8 +352,14 @@ fn main() -> Result<()> {
             })
         }
         Some("tap-add") => {
-            let name = args.get(1).ok_or_else(|| anyhow!("tap-add NAME"))?;
-            vmm::virtio::net::tap::Tap::create_persistent(name, None)?;
+            let name = args
+                .get(1)
+                .ok_or_else(|| anyhow!("tap-add NAME [OWNER_UID]"))?;
+            let owner = match args.get(2) {
+                Some(uid) => Some(uid.parse().context("the owner uid")?),
+                None => None,
+            };
+            vmm::virtio::net::tap::Tap::create_persistent(name, owner)?;
             Ok(())
         }
         Some("guest-streams") => {

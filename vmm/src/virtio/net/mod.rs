@@ -2,9 +2,11 @@
 //!
 //! Transmit: each chain (virtio-net header + frame) is checked against the negotiated offloads
 //! and written to the tap with one `writev` straight from guest memory; malformed or oversized
-//! frames are dropped and counted. Receive: frames are read from the tap with `readv` straight
-//! into the guest's buffers; when the guest has no buffers left, reading stops (the frames wait
-//! in the tap's queue) and resumes when the driver adds buffers.
+//! frames are dropped and counted. Receive: a frame is read from the tap into one buffer of ours
+//! and copied into the guest's receive chains: one chain per frame, or with mergeable receive
+//! buffers (`VIRTIO_NET_F_MRG_RXBUF`, what Linux uses when offered) as many small chains as the
+//! frame needs. When the guest has no buffers left, the frame waits (and the next ones in the
+//! tap's queue) until the driver adds buffers.
 //!
 //! The tap is registered edge-triggered in an epoll instance of the device's own, which the VMM's
 //! event loop watches (see [`VirtioDevice::host_event_fd`]).
@@ -14,7 +16,7 @@ pub mod tap;
 
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
-use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory, GuestMemoryMmap, Permissions};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
@@ -36,6 +38,12 @@ pub const F_GUEST_TSO4: u64 = 1 << 7;
 pub const F_GUEST_TSO6: u64 = 1 << 8;
 pub const F_HOST_TSO4: u64 = 1 << 11;
 pub const F_HOST_TSO6: u64 = 1 << 12;
+pub const F_MRG_RXBUF: u64 = 1 << 15;
+
+/// Where `num_buffers` sits in the 12-byte virtio-net header.
+const NUM_BUFFERS_OFFSET: usize = 10;
+/// The largest frame a tap hands us: a 64 KiB GSO frame plus Ethernet, VLAN and virtio headers.
+const MAX_RX_FRAME: usize = NET_HDR_LEN + 65_550;
 
 /// Failed tap reads in a row after which receiving waits for the next event.
 const MAX_RX_ERRORS_PER_PASS: u32 = 64;
@@ -91,6 +99,11 @@ pub struct Net {
     pending_offload: Option<u32>,
     /// The tap may have frames to read (edge-triggered).
     tap_readable: bool,
+    /// The frame read from the tap and not yet given to the guest: `rx_frame[..rx_pending]`.
+    rx_frame: Vec<u8>,
+    rx_pending: usize,
+    /// Scratch: the chains (head, length) one frame is spread over.
+    rx_used: Vec<(u16, usize)>,
     pub stats: NetStats,
 }
 
@@ -127,6 +140,9 @@ impl Net {
             acked: 0,
             pending_offload: None,
             tap_readable: true,
+            rx_frame: vec![0; MAX_RX_FRAME],
+            rx_pending: 0,
+            rx_used: Vec::new(),
             stats: NetStats::default(),
         })
     }
@@ -197,48 +213,22 @@ impl Net {
     fn process_rx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used_any = false;
         let mut errors = 0;
-        while self.tap_readable {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                break; // back-pressure: frames wait in the tap until the driver adds buffers
-            };
-            let head = chain.head_index();
-            let descs: Vec<Desc> = chain.take(MAX_CHAIN_DESCS + 1).map(Desc::from).collect();
-            let usable = descs.len() <= MAX_CHAIN_DESCS
-                && descs.iter().all(|d| d.write_only)
-                && descs.iter().map(|d| d.len as usize).sum::<usize>() >= NET_HDR_LEN + MIN_FRAME;
-            let iov = if usable {
-                GuestIovecs::new(&descs, mem, Permissions::Write)
-            } else {
-                None
-            };
-            let Some(iov) = iov else {
-                // A chain we cannot fill: return it empty.
-                self.stats.rx_dropped += 1;
-                if queue.add_used(mem, head, 0).is_err() {
+        loop {
+            if self.rx_pending == 0 {
+                if !self.tap_readable {
                     break;
                 }
-                used_any = true;
-                continue;
-            };
-            // SAFETY: the iovecs describe writable guest memory kept mapped by `iov`'s guards.
-            let n = unsafe { libc::readv(self.backend.fd(), iov.as_ptr(), iov.len()) };
-            drop(iov);
-            let len = match usize::try_from(n) {
-                Ok(len) if len >= NET_HDR_LEN => len,
-                Ok(_) => {
-                    // End of file (a closed socket pair) or a runt: nothing more to read.
-                    self.tap_readable = false;
-                    queue.go_to_previous_position();
-                    continue;
-                }
-                Err(_) => {
-                    let err = std::io::Error::last_os_error();
-                    match err.kind() {
+                match self.read_frame() {
+                    Ok(len) if len >= NET_HDR_LEN + MIN_FRAME => self.rx_pending = len,
+                    // End of file (a closed socket pair): nothing more to read.
+                    Ok(0) => self.tap_readable = false,
+                    Ok(_) => self.stats.rx_dropped += 1,
+                    Err(e) => match e.kind() {
                         std::io::ErrorKind::Interrupted => {}
                         // Drained until the next edge.
                         std::io::ErrorKind::WouldBlock => self.tap_readable = false,
-                        // The tap dropped a frame it could not deliver (e.g. larger than the
-                        // chain): more may be queued behind it, and no new edge would announce
+                        // The tap dropped a frame it could not deliver (e.g. larger than our
+                        // buffer): more may be queued behind it, and no new edge would announce
                         // them, so keep reading — unless the tap keeps failing (deleted).
                         _ => {
                             self.stats.rx_dropped += 1;
@@ -247,21 +237,88 @@ impl Net {
                                 self.tap_readable = false;
                             }
                         }
-                    }
-                    queue.go_to_previous_position();
-                    continue;
+                    },
                 }
-            };
-            // Without mergeable buffers a frame always fills one chain.
-            let first = descs.first().map_or(0, |d| d.addr);
-            let _ = mem.write_obj(1u16.to_le(), GuestAddress(first.wrapping_add(10)));
-            self.stats.rx_frames += 1;
-            if queue.add_used(mem, head, len as u32).is_err() {
-                break;
+                continue;
             }
+            match self.deliver_frame(queue, mem) {
+                Delivery::Delivered => self.stats.rx_frames += 1,
+                // Back-pressure: the frame waits here (and the next ones in the tap) until the
+                // driver adds buffers.
+                Delivery::NoBuffers => break,
+                Delivery::Dropped => self.stats.rx_dropped += 1,
+            }
+            self.rx_pending = 0;
             used_any = true;
         }
         used_any
+    }
+
+    /// Reads the next frame (virtio-net header included) from the tap into `rx_frame`.
+    fn read_frame(&mut self) -> std::io::Result<usize> {
+        let buf = &mut self.rx_frame;
+        // SAFETY: `buf` is valid for writes of its length.
+        let n = unsafe { libc::read(self.backend.fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        usize::try_from(n).map_err(|_| std::io::Error::last_os_error())
+    }
+
+    /// Copies the pending frame into the guest's receive chains — one chain, or with mergeable
+    /// buffers as many as it takes, their count written to the header's `num_buffers` — and marks
+    /// them used. Without enough buffers, gives back the chains it took and keeps the frame.
+    fn deliver_frame(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Delivery {
+        let mergeable = self.acked & F_MRG_RXBUF != 0;
+        let frame = &self.rx_frame[..self.rx_pending];
+        let start = queue.next_avail();
+        let mut used = std::mem::take(&mut self.rx_used);
+        used.clear();
+        let mut first: Vec<Desc> = Vec::new();
+        let mut offset = 0;
+        let mut fits = true;
+        while offset < frame.len() {
+            if !mergeable && !used.is_empty() {
+                fits = false; // the one chain a frame may use is too small
+                break;
+            }
+            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+                queue.set_next_avail(start);
+                self.rx_used = used;
+                return Delivery::NoBuffers;
+            };
+            let head = chain.head_index();
+            let descs: Vec<Desc> = chain.take(MAX_CHAIN_DESCS + 1).map(Desc::from).collect();
+            let written = copy_to_chain(&descs, mem, &frame[offset..]);
+            // The first chain must hold the whole header (num_buffers is patched into it).
+            let min = if used.is_empty() { NET_HDR_LEN } else { 1 };
+            used.push((head, written.unwrap_or(0)));
+            match written {
+                Some(n) if n >= min => offset += n,
+                _ => {
+                    fits = false; // a chain we cannot fill: the guest's own doing
+                    break;
+                }
+            }
+            if used.len() == 1 {
+                first = descs;
+            }
+        }
+        let delivery = if fits {
+            let count = u16::try_from(used.len()).unwrap_or(u16::MAX);
+            let _ = write_at(&first, mem, NUM_BUFFERS_OFFSET, &count.to_le_bytes());
+            Delivery::Delivered
+        } else {
+            // Every chain taken goes back empty, and the frame is dropped.
+            for entry in used.iter_mut() {
+                entry.1 = 0;
+            }
+            Delivery::Dropped
+        };
+        for &(head, len) in &used {
+            if queue.add_used(mem, head, len as u32).is_err() {
+                break;
+            }
+        }
+        self.rx_used = used;
+        delivery
     }
 
     /// Notes the tap's readiness from the device's epoll instance.
@@ -290,6 +347,57 @@ fn read_header(descs: &[Desc], mem: &GuestMemoryMmap) -> Option<NetHeader> {
         filled += n;
     }
     (filled == NET_HDR_LEN).then(|| NetHeader::from_bytes(&buf))
+}
+
+/// What became of a received frame.
+enum Delivery {
+    Delivered,
+    NoBuffers,
+    Dropped,
+}
+
+/// Copies as much of `data` as fits into the chain's buffers; None if the chain is not all
+/// device-writable, too long, or points outside guest memory.
+fn copy_to_chain(descs: &[Desc], mem: &GuestMemoryMmap, data: &[u8]) -> Option<usize> {
+    if descs.len() > MAX_CHAIN_DESCS || descs.iter().any(|d| !d.write_only) {
+        return None;
+    }
+    let mut done = 0;
+    for d in descs {
+        if done == data.len() {
+            break;
+        }
+        let n = (d.len as usize).min(data.len() - done);
+        mem.write_slice(&data[done..done + n], GuestAddress(d.addr))
+            .ok()?;
+        done += n;
+    }
+    Some(done)
+}
+
+/// Writes `bytes` at byte `offset` of the chain's buffers (which the caller filled before).
+fn write_at(descs: &[Desc], mem: &GuestMemoryMmap, offset: usize, bytes: &[u8]) -> Option<()> {
+    let mut skip = offset;
+    let mut done = 0;
+    for d in descs {
+        let len = d.len as usize;
+        if skip >= len {
+            skip -= len;
+            continue;
+        }
+        let n = (len - skip).min(bytes.len() - done);
+        mem.write_slice(
+            &bytes[done..done + n],
+            GuestAddress(d.addr.checked_add(skip as u64)?),
+        )
+        .ok()?;
+        done += n;
+        skip = 0;
+        if done == bytes.len() {
+            return Some(());
+        }
+    }
+    None
 }
 
 /// A chain's buffers as iovecs, with the guards that keep them mapped.
@@ -342,7 +450,14 @@ impl VirtioDevice for Net {
     }
 
     fn features(&self) -> u64 {
-        F_CSUM | F_GUEST_CSUM | F_MAC | F_GUEST_TSO4 | F_GUEST_TSO6 | F_HOST_TSO4 | F_HOST_TSO6
+        F_CSUM
+            | F_GUEST_CSUM
+            | F_MAC
+            | F_GUEST_TSO4
+            | F_GUEST_TSO6
+            | F_HOST_TSO4
+            | F_HOST_TSO6
+            | F_MRG_RXBUF
     }
 
     fn set_acked_features(&mut self, features: u64) {
@@ -396,6 +511,7 @@ impl VirtioDevice for Net {
 
     fn reset(&mut self) {
         self.acked = 0;
+        self.rx_pending = 0;
     }
 }
 
@@ -481,6 +597,17 @@ mod tests {
                     RawDescriptor::from(SplitDescriptor::new(base + 0x1000, 0x10000, WRITE, 0)),
                 ];
                 self.rxq.add_desc_chains(&descs, i * 2).unwrap();
+                self.rx_posted += 1;
+            }
+        }
+
+        /// Posts `n` one-descriptor receive chains of `size` bytes (mergeable mode).
+        fn post_rx_single(&mut self, n: u16, size: u32) {
+            for _ in 0..n {
+                let i = self.rx_posted;
+                let base = 0x100000 + u64::from(i) * 0x20000;
+                let d = RawDescriptor::from(SplitDescriptor::new(base, size, WRITE, 0));
+                self.rxq.add_desc_chains(&[d], i).unwrap();
                 self.rx_posted += 1;
             }
         }
@@ -600,6 +727,50 @@ mod tests {
             assert_eq!(&got, fr);
         }
         assert_eq!(f.net.stats.rx_frames, 3);
+    }
+
+    #[test]
+    fn with_mergeable_buffers_a_frame_spans_chains_once_there_are_enough() {
+        let m = mem();
+        let mut f = Fixture::new(&m, F_MRG_RXBUF);
+        let mut pkt = NetHeader::default().to_bytes().to_vec();
+        pkt.extend_from_slice(&frame(3000, 5));
+        send(&f.peer, &pkt);
+        // 2 KiB of buffers cannot hold 3012 bytes: the frame waits, the chains are given back.
+        f.post_rx_single(2, 1024);
+        assert!(!f.net.process_host_events(&mut f.queues, f.mem, true));
+        assert!(f.used_rx().is_empty());
+        f.post_rx_single(2, 1024);
+        assert!(f.net.process_queue(RX, &mut f.queues, f.mem));
+        assert_eq!(f.used_rx(), vec![(0, 1024), (1, 1024), (2, 964)]);
+        let mut got = Vec::new();
+        for (id, len) in f.used_rx() {
+            let mut part = vec![0u8; len as usize];
+            m.read_slice(&mut part, GuestAddress(0x100000 + u64::from(id) * 0x20000))
+                .unwrap();
+            got.extend_from_slice(&part);
+        }
+        pkt[10..12].copy_from_slice(&3u16.to_le_bytes()); // num_buffers
+        assert_eq!(got, pkt);
+        assert_eq!((f.net.stats.rx_frames, f.net.stats.rx_dropped), (1, 0));
+        // The fourth chain is still the guest's, for the next frame.
+        send(&f.peer, &pkt[..112]);
+        f.net.process_host_events(&mut f.queues, f.mem, true);
+        assert_eq!(f.used_rx().last(), Some(&(3, 112)));
+    }
+
+    #[test]
+    fn without_mergeable_buffers_a_frame_larger_than_its_chain_is_dropped() {
+        let m = mem();
+        let mut f = Fixture::new(&m, 0);
+        f.post_rx_single(2, 1024);
+        let mut pkt = NetHeader::default().to_bytes().to_vec();
+        pkt.extend_from_slice(&frame(3000, 5));
+        send(&f.peer, &pkt);
+        send(&f.peer, &pkt[..200]);
+        f.net.process_host_events(&mut f.queues, f.mem, true);
+        assert_eq!(f.used_rx(), vec![(0, 0), (1, 200)]);
+        assert_eq!((f.net.stats.rx_frames, f.net.stats.rx_dropped), (1, 1));
     }
 
     #[test]
