@@ -1,6 +1,5 @@
 //! virtio-vsock and the host↔guest control channel with a real Linux guest on `skiff-vmm` inside
-//! the nested test host (guest->host streams move 1 MiB each: with 10 MiB each the nested host
-//! wedged, see the issue notes). guest-init connects to the host at boot (`skiff.control`); the host then
+//! the nested test host. guest-init connects to the host at boot (`skiff.control`); the host then
 //! runs commands in the guest through it, and drives 16 concurrent 10 MiB streams each way,
 //! a CONNECT to a port nobody listens on, garbage on the VMM's socket and a peer that closes
 //! abruptly — and the VMM keeps serving and exits cleanly when the host shuts the guest down.
@@ -21,7 +20,7 @@ const STEPS: &[&str] = &[
     "garbage",
     "abrupt=5000",
     "host-echo=6000",
-    "exec=skiff-probe guest-streams 6000 16 1048576",
+    "exec=skiff-probe guest-streams 6000 16 10485760",
     "expect=echo still-alive=>still-alive",
 ];
 
@@ -82,7 +81,7 @@ fn vsock_streams_and_the_control_channel_work_with_a_real_guest() {
         "{out}"
     );
     assert!(
-        out.contains("guest->host: 16 streams x 1048576 bytes echoed intact"),
+        out.contains("guest->host: 16 streams x 10485760 bytes echoed intact"),
         "{out}"
     );
     assert!(out.contains("control: all steps passed"), "{out}");

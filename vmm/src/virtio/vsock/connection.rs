@@ -57,6 +57,9 @@ pub struct Connection {
     host_eof: bool,
     /// The guest will send no more / receive no more.
     guest_shut_send: bool,
+    /// We shut the host stream's write side (once: every shutdown wakes the socket's waiters,
+    /// edge-triggered epoll included, so repeating it would wake us forever).
+    host_write_shut: bool,
     guest_shut_rcv: bool,
     /// Guest data the socket has not taken yet.
     to_host: VecDeque<u8>,
@@ -115,6 +118,7 @@ impl Connection {
             readable: false,
             host_eof: false,
             guest_shut_send: false,
+            host_write_shut: false,
             guest_shut_rcv: false,
             to_host: VecDeque::new(),
             fwd_cnt: 0,
@@ -252,7 +256,8 @@ impl Connection {
         if self.fwd_cnt.wrapping_sub(self.fwd_cnt_sent) >= BUF_ALLOC / 4 {
             self.pending_credit_update = true;
         }
-        if self.to_host.is_empty() && self.guest_shut_send {
+        if self.to_host.is_empty() && self.guest_shut_send && !self.host_write_shut {
+            self.host_write_shut = true;
             let _ = self.stream.shutdown(Shutdown::Write);
         }
         self.check_closed();
