@@ -720,21 +720,25 @@ mod tests {
         assert_eq!(host.read(&mut buf).unwrap(), 0);
     }
 
-    #[test]
-    fn guest_connections_reach_host_listeners_or_are_refused() {
-        let dir = TempDir::new("guest");
-        let uds = dir.0.join("v.sock");
-        let mut dev = Vsock::new(3, &uds).unwrap();
+    /// A device in `dir` whose guest (port 777) connected to host port 6000; and the host's end.
+    fn guest_connected(dir: &TempDir, g: &mut Driver) -> (Vsock, UnixStream) {
+        let mut dev = Vsock::new(3, &dir.0.join("v.sock")).unwrap();
         let listener = UnixListener::bind(dir.0.join("v.sock_6000")).unwrap();
-        let m = mem();
-        let mut g = Driver::new(&m);
         g.post_rx(16);
-
         g.send(&mut dev, guest_header(777, 6000, op::REQUEST, 0), b"");
         let pkts = g.recv();
         assert_eq!(pkts[0].0.op, op::RESPONSE);
         assert_eq!((pkts[0].0.src_port, pkts[0].0.dst_port), (6000, 777));
-        let (mut host, _) = listener.accept().unwrap();
+        let (host, _) = listener.accept().unwrap();
+        (dev, host)
+    }
+
+    #[test]
+    fn guest_connections_reach_host_listeners_or_are_refused() {
+        let dir = TempDir::new("guest");
+        let m = mem();
+        let mut g = Driver::new(&m);
+        let (mut dev, mut host) = guest_connected(&dir, &mut g);
         g.send(&mut dev, guest_header(777, 6000, op::RW, 5), b"hello");
         let mut buf = [0u8; 5];
         host.read_exact(&mut buf).unwrap();
@@ -769,15 +773,9 @@ mod tests {
     #[test]
     fn a_half_closed_stream_does_not_keep_waking_the_device() {
         let dir = TempDir::new("half");
-        let uds = dir.0.join("v.sock");
-        let mut dev = Vsock::new(3, &uds).unwrap();
-        let listener = UnixListener::bind(dir.0.join("v.sock_6000")).unwrap();
         let m = mem();
         let mut g = Driver::new(&m);
-        g.post_rx(16);
-        g.send(&mut dev, guest_header(777, 6000, op::REQUEST, 0), b"");
-        assert_eq!(g.recv()[0].0.op, op::RESPONSE);
-        let (mut host, _) = listener.accept().unwrap();
+        let (mut dev, mut host) = guest_connected(&dir, &mut g);
         g.send(&mut dev, guest_header(777, 6000, op::RW, 5), b"hello");
         // The guest is done sending, and has no room for more data yet.
         let mut shut = guest_header(777, 6000, op::SHUTDOWN, 0);
