@@ -15,6 +15,10 @@
 //! Guest side:
 //!   skiff-probe guest-echo PORT       echo every connection on vsock PORT
 //!   skiff-probe guest-streams PORT N BYTES   N concurrent streams to host PORT, echoed, checked
+//! Host side, for benchmarks (hybrid vsock through the VMM's socket, or kernel AF_VSOCK):
+//!   skiff-probe uds-streams UDS PORT N BYTES  N concurrent streams to guest PORT, echoed, checked
+//!   skiff-probe uds-connects UDS PORT N       N connections in turn, one byte echoed each: latency
+//!   skiff-probe vsock-streams CID PORT N BYTES / vsock-connects CID PORT N   the same over AF_VSOCK
 //! Either side (TCP over the guest's network):
 //!   skiff-probe tcp-echo PORT                 echo every TCP connection on PORT
 //!   skiff-probe tcp-streams ADDR PORT N BYTES N concurrent TCP streams, echoed, checked
@@ -115,6 +119,29 @@ where
     let secs = start.elapsed().as_secs_f64();
     let mib = (count * bytes) as f64 / (1 << 20) as f64;
     println!("{label}: {count} streams x {bytes} bytes echoed intact in {secs:.2} s ({:.1} MiB/s each way)", mib / secs);
+    Ok(())
+}
+
+/// Opens `count` connections one after another, each echoing one byte before it is closed, and
+/// prints the median and mean time per connection (connect, handshake, first round trip).
+fn run_connects<S, F>(label: &str, count: usize, open: F) -> Result<()>
+where
+    S: Read + Write,
+    F: Fn() -> Result<S>,
+{
+    let mut times = Vec::with_capacity(count);
+    for _ in 0..count {
+        let start = Instant::now();
+        let mut s = open()?;
+        s.write_all(b"x")?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)?;
+        times.push(start.elapsed().as_secs_f64() * 1e6);
+    }
+    times.sort_by(f64::total_cmp);
+    let median = times.get(times.len() / 2).copied().unwrap_or(0.0);
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
+    println!("{label}: {count} connections, median {median:.0} us, mean {mean:.0} us");
     Ok(())
 }
 
@@ -308,6 +335,15 @@ fn control(uds: &Path, steps: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// `n` concurrent echoed streams to vsock `cid:port` (from a guest, cid 2 is its host).
+fn vsock_streams(label: &str, cid: u32, port: u32, n: usize, bytes: usize) -> Result<()> {
+    run_streams(label, n, bytes, move |_| {
+        let s =
+            VsockStream::connect(cid, port).with_context(|| format!("connect to {cid}:{port}"))?;
+        Ok((s.try_clone()?, s))
+    })
+}
+
 fn guest_echo(port: u32) -> Result<()> {
     let listener =
         VsockListener::bind(port).with_context(|| format!("listen on vsock port {port}"))?;
@@ -362,12 +398,35 @@ fn main() -> Result<()> {
             vmm::virtio::net::tap::Tap::create_persistent(name, owner)?;
             Ok(())
         }
-        Some("guest-streams") => {
-            let (port, n, bytes) = (num(1)? as u32, num(2)?, num(3)?);
-            run_streams("guest->host", n, bytes, move |_| {
-                let s = VsockStream::connect(2, port).context("connect to the host")?;
+        Some("guest-streams") => vsock_streams("guest->host", 2, num(1)? as u32, num(2)?, num(3)?),
+        Some("vsock-streams") => {
+            let cid = num(1)? as u32;
+            vsock_streams("vsock", cid, num(2)? as u32, num(3)?, num(4)?)
+        }
+        Some("vsock-connects") => {
+            let (cid, port) = (num(1)? as u32, num(2)? as u32);
+            run_connects("vsock", num(3)?, || {
+                VsockStream::connect(cid, port).with_context(|| format!("connect to {cid}:{port}"))
+            })
+        }
+        Some("uds-streams") => {
+            let uds = PathBuf::from(
+                args.get(1)
+                    .ok_or_else(|| anyhow!("uds-streams UDS PORT N BYTES"))?,
+            );
+            let (port, n, bytes) = (num(2)? as u32, num(3)?, num(4)?);
+            run_streams("uds", n, bytes, move |_| {
+                let (s, _) = host_connect(&uds, port)?;
                 Ok((s.try_clone()?, s))
             })
+        }
+        Some("uds-connects") => {
+            let uds = PathBuf::from(
+                args.get(1)
+                    .ok_or_else(|| anyhow!("uds-connects UDS PORT N"))?,
+            );
+            let port = num(2)? as u32;
+            run_connects("uds", num(3)?, || Ok(host_connect(&uds, port)?.0))
         }
         _ => bail!(
             "usage: skiff-probe control UDS STEP... | guest-echo PORT | guest-streams PORT N BYTES"
