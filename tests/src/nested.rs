@@ -14,6 +14,11 @@ use crate::process::{run_with_timeout, ProcessError};
 
 /// Where busybox (Debian's `busybox-static`) is.
 const BUSYBOX: &str = "/bin/busybox";
+/// KVM in the nested host uses its older shadow-paging MMU over NPT: with the TDP MMU, ten
+/// concurrent VMs oopsed the nested host kernel (a corrupt list in `mmu_try_to_unsync_pages`,
+/// under QEMU TCG's emulated SVM).
+const NESTED_KVM_PARAMS: &str = " kvm.tdp_mmu=0";
+
 /// Printed by the host's init with the script's exit status.
 const EXIT_MARKER: &str = "SKIFF-NESTED-EXIT=";
 
@@ -101,6 +106,7 @@ pub struct NestedHost {
     fs: Initramfs,
     memory_mib: u32,
     cpus: u32,
+    extra_cmdline: String,
     timeout: Duration,
 }
 
@@ -118,6 +124,7 @@ impl NestedHost {
             fs,
             memory_mib: 2048,
             cpus: 2,
+            extra_cmdline: NESTED_KVM_PARAMS.to_owned(),
             timeout: Duration::from_secs(600),
         })
     }
@@ -159,6 +166,13 @@ impl NestedHost {
         self
     }
 
+    /// Adds `params` to the nested host kernel's command line.
+    pub fn append(&mut self, params: &str) -> &mut Self {
+        self.extra_cmdline.push(' ');
+        self.extra_cmdline.push_str(params);
+        self
+    }
+
     pub fn timeout(&mut self, timeout: Duration) -> &mut Self {
         self.timeout = timeout;
         self
@@ -190,7 +204,11 @@ impl NestedHost {
                 .arg(Artefact::TestHostKernel.path())
                 .arg("-initrd")
                 .arg(&initrd)
-                .args(["-append", "console=ttyS0 panic=-1 quiet rdinit=/init"]),
+                .arg("-append")
+                .arg(format!(
+                    "console=ttyS0 panic=-1 quiet rdinit=/init{}",
+                    self.extra_cmdline
+                )),
             self.timeout,
         );
         let _ = std::fs::remove_file(&initrd);

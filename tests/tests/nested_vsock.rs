@@ -1,8 +1,8 @@
 //! virtio-vsock and the host↔guest control channel with a real Linux guest on `skiff-vmm` inside
 //! the nested test host. guest-init connects to the host at boot (`skiff.control`); the host then
 //! runs commands in the guest through it, and drives 16 concurrent 10 MiB streams each way,
-//! a CONNECT to a port nobody listens on, garbage on the VMM's socket and a peer that closes
-//! abruptly — and the VMM keeps serving and exits cleanly when the host shuts the guest down.
+//! a CONNECT to a port nobody listens on, garbage on the VMM's socket, a peer that closes
+//! abruptly and one that connects before the guest's driver is up (dropped at the driver's reset) — and the VMM keeps serving and exits cleanly when the host shuts the guest down.
 
 use skiff_tests::artefacts::{require, workspace_root, Artefact, Need};
 use skiff_tests::guest_image::write_probe_initramfs;
@@ -54,6 +54,8 @@ fn vsock_streams_and_the_control_channel_work_with_a_real_guest() {
          --vsock cid=3,uds=/tmp/v.sock --serial-out /tmp/guest.log \
          --cmdline 'console=ttyS0 reboot=k panic=-1 quiet skiff.control' &\n\
          vmm=$!\n\
+         while [ ! -S /tmp/v.sock ]; do sleep 0.05; done\n\
+         skiff-probe uds-connects /tmp/v.sock 5000 1 > /tmp/early.log 2>&1 &\n\
          {}\
          wait $vmm; echo \"vmm-exit $?\"\n\
          cat /tmp/guest.log\n",

@@ -24,6 +24,9 @@ struct Args {
     /// Seconds the whole run may take.
     #[arg(long, default_value_t = 3600)]
     timeout: u64,
+    /// Extra parameters for the nested host's kernel command line (e.g. `kvm.tdp_mmu=0`).
+    #[arg(long, value_name = "PARAMS")]
+    append: Option<String>,
     /// The script to run (`-` for standard input).
     script: PathBuf,
 }
@@ -47,6 +50,9 @@ fn main() -> anyhow::Result<()> {
     let mut host = NestedHost::new()?;
     host.memory_mib(args.memory_mib)
         .timeout(Duration::from_secs(args.timeout));
+    if let Some(params) = &args.append {
+        host.append(params);
+    }
     for spec in &args.files {
         let (src, dst) = split(spec)?;
         host.file(dst, &src)?;

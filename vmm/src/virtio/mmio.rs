@@ -11,8 +11,17 @@ use std::sync::Arc;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::GuestMemoryMmap;
 
-use super::{status, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, VIRTIO_F_VERSION_1};
+use super::{
+    status, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, VIRTIO_F_VERSION_1,
+    VIRTIO_RING_F_EVENT_IDX,
+};
 use crate::bus::BusDevice;
+
+/// Features of the transport and ring, offered for every device.
+const TRANSPORT_FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
+/// Rounds of serving a queue again for buffers the driver added while we published where to be
+/// notified next (bounded: a guest adding buffers as fast as we serve them cannot keep us here).
+const MAX_REARM_ROUNDS: usize = 8;
 
 /// Bytes of MMIO space each device takes.
 pub const MMIO_DEVICE_SIZE: u64 = 0x1000;
@@ -120,12 +129,44 @@ impl MmioTransport {
         if !queue.ready() {
             return;
         }
-        if self
+        let mut used = self
             .device
-            .process_queue(index, &mut self.queues, &self.mem)
-        {
+            .process_queue(index, &mut self.queues, &self.mem);
+        used |= self.rearm_notifications();
+        if used {
             self.signal_used();
         }
+    }
+
+    /// With EVENT_IDX, tells the driver of each queue to notify at the next buffer it adds
+    /// (`avail_event`), and serves again any queue that got buffers in the meantime: a driver
+    /// that read the old `avail_event` may not have notified for them. Returns whether buffers
+    /// were used.
+    fn rearm_notifications(&mut self) -> bool {
+        if self.driver_features & VIRTIO_RING_F_EVENT_IDX == 0 {
+            return false;
+        }
+        let mut used = false;
+        for index in 0..self.queues.len() {
+            for _ in 0..MAX_REARM_ROUNDS {
+                let Some(queue) = self.queues.get_mut(index) else {
+                    break;
+                };
+                if !queue.ready() || !matches!(queue.enable_notification(&self.mem), Ok(true)) {
+                    break;
+                }
+                // Buffers are there: serve them; stop when the device takes none (it waits for
+                // host data, and has published where it wants the next notification).
+                if !self
+                    .device
+                    .process_queue(index, &mut self.queues, &self.mem)
+                {
+                    break;
+                }
+                used = true;
+            }
+        }
+        used
     }
 
     /// The device's host-side file descriptor, if it has one (see
@@ -137,10 +178,13 @@ impl MmioTransport {
     /// The device's host-side file descriptor is ready: let the device serve it.
     pub fn process_host_events(&mut self) {
         let active = self.is_activated() && self.queues.iter().all(|q| q.ready());
-        if self
+        let mut used = self
             .device
-            .process_host_events(&mut self.queues, &self.mem, active)
-        {
+            .process_host_events(&mut self.queues, &self.mem, active);
+        if active {
+            used |= self.rearm_notifications();
+        }
+        if used {
             self.signal_used();
         }
     }
@@ -212,6 +256,12 @@ impl MmioTransport {
             if added == status::FEATURES_OK {
                 self.device.set_acked_features(self.driver_features);
             }
+            if added == status::DRIVER_OK {
+                let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
+                for queue in &mut self.queues {
+                    queue.set_event_idx(event_idx);
+                }
+            }
             self.status = value;
         } else if added == status::DRIVER_OK {
             // The driver asked to start with a broken setup: tell it the device needs a reset.
@@ -222,7 +272,7 @@ impl MmioTransport {
 
     /// The driver accepted only features we offered, including VERSION_1.
     fn features_acceptable(&self) -> bool {
-        let offered = self.device.features() | VIRTIO_F_VERSION_1;
+        let offered = self.device.features() | TRANSPORT_FEATURES;
         self.driver_features & !offered == 0 && self.driver_features & VIRTIO_F_VERSION_1 != 0
     }
 
@@ -243,7 +293,7 @@ impl MmioTransport {
             REG_DEVICE_ID => self.device.device_type(),
             REG_VENDOR_ID => VENDOR_ID,
             REG_DEVICE_FEATURES => {
-                let features = self.device.features() | VIRTIO_F_VERSION_1;
+                let features = self.device.features() | TRANSPORT_FEATURES;
                 match self.device_features_select {
                     0 => features as u32,
                     1 => (features >> 32) as u32,
@@ -362,7 +412,7 @@ mod tests {
     use crate::virtio::{read_config_bytes, INTERRUPT_CONFIG_CHANGE};
     use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
     use virtio_queue::mock::MockSplitQueue;
-    use vm_memory::GuestAddress;
+    use vm_memory::{Address, Bytes, GuestAddress};
     use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
     /// A device that counts the buffers it is given.
@@ -483,7 +533,11 @@ mod tests {
             "VERSION_1 in the high word"
         );
         write(t, REG_DEVICE_FEATURES_SEL, 0);
-        assert_eq!(read(t, REG_DEVICE_FEATURES), 1 << 3);
+        assert_eq!(
+            read(t, REG_DEVICE_FEATURES),
+            1 << 3 | 1 << 29,
+            "the device's own and EVENT_IDX"
+        );
         assert_eq!(read(t, REG_QUEUE_NUM_MAX), 16);
         let mut cfg = [0u8; 2];
         t.read(REG_CONFIG, &mut cfg);
@@ -523,6 +577,44 @@ mod tests {
         write(&mut f.transport, REG_STATUS, 0);
         assert!(!f.transport.is_activated());
         assert_eq!(read(&mut f.transport, REG_QUEUE_READY), 0);
+    }
+
+    #[test]
+    fn with_event_idx_the_driver_is_told_where_to_notify_and_interrupts_follow_used_event() {
+        let mut f = fixture();
+        let q = MockSplitQueue::new(&f.mem, 16);
+        negotiate(
+            &mut f.transport,
+            VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX,
+        );
+        setup_queue(&mut f.transport, &q);
+        write(&mut f.transport, REG_STATUS, 0xf);
+        // avail_event sits after the used ring's 16 entries; used_event after the avail ring's.
+        let avail_event = q.used_addr().unchecked_add(4 + 16 * 8);
+        let used_event = q.avail_addr().unchecked_add(4 + 16 * 2);
+        let descs: Vec<RawDescriptor> = (0..3)
+            .map(|i| RawDescriptor::from(SplitDescriptor::new(0x8_0000 + i * 0x100, 16, 0, 0)))
+            .collect();
+        q.add_desc_chains(&descs[..2], 0).unwrap();
+        f.transport.notify_queue(0);
+        assert_eq!(f.used.load(std::sync::atomic::Ordering::SeqCst), 2);
+        let event: u16 = f.mem.read_obj(avail_event).unwrap();
+        assert_eq!(event, 2, "notify us when buffer 2 is added");
+        assert_eq!(
+            read(&mut f.transport, REG_INTERRUPT_STATUS),
+            INTERRUPT_USED_BUFFER
+        );
+        write(&mut f.transport, REG_INTERRUPT_ACK, INTERRUPT_USED_BUFFER);
+
+        // The driver wants an interrupt only once used index 5 is passed: one more buffer
+        // used (index 3) does not interrupt.
+        f.mem.write_obj(5u16, used_event).unwrap();
+        q.add_desc_chains(&descs[2..], 2).unwrap();
+        f.transport.notify_queue(0);
+        assert_eq!(f.used.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(read(&mut f.transport, REG_INTERRUPT_STATUS), 0);
+        let event: u16 = f.mem.read_obj(avail_event).unwrap();
+        assert_eq!(event, 3);
     }
 
     #[test]

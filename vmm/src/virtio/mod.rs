@@ -20,6 +20,9 @@ use vmm_sys_util::eventfd::EventFd;
 
 /// The device speaks virtio 1.x (the "modern" interface): the only version we offer.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Notification suppression by ring index (`used_event`/`avail_event`): the driver interrupts
+/// and the device notifications are asked for only where needed (virtio 1.2, 2.7.10).
+pub const VIRTIO_RING_F_EVENT_IDX: u64 = 1 << 29;
 
 /// Device types (virtio 1.2, 5).
 pub const TYPE_NET: u32 = 1;
@@ -71,7 +74,9 @@ pub trait VirtioDevice: Send {
     ) -> bool {
         false
     }
-    /// Back to the state before the driver's first access.
+    /// Back to the state before the driver's first access. Runs on the vCPU thread that wrote the
+    /// status register: it may drop state and close descriptors, but make no other system call
+    /// (that thread's seccomp filter would kill the VMM).
     fn reset(&mut self) {}
 }
 

@@ -14,6 +14,7 @@
 pub mod header;
 pub mod tap;
 
+use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use virtio_queue::{Queue, QueueT};
@@ -102,8 +103,10 @@ pub struct Net {
     /// The frame read from the tap and not yet given to the guest: `rx_frame[..rx_pending]`.
     rx_frame: Vec<u8>,
     rx_pending: usize,
-    /// Scratch: the chains (head, length) one frame is spread over.
-    rx_used: Vec<(u16, usize)>,
+    /// Receive chains taken from the ring for a frame that needed more than the ring held: they
+    /// wait here (not given back), so with EVENT_IDX the driver's next buffer crosses
+    /// `avail_event` and notifies us.
+    rx_held: VecDeque<(u16, Vec<Desc>)>,
     pub stats: NetStats,
 }
 
@@ -142,7 +145,7 @@ impl Net {
             tap_readable: true,
             rx_frame: vec![0; MAX_RX_FRAME],
             rx_pending: 0,
-            rx_used: Vec::new(),
+            rx_held: VecDeque::new(),
             stats: NetStats::default(),
         })
     }
@@ -264,32 +267,39 @@ impl Net {
 
     /// Copies the pending frame into the guest's receive chains — one chain, or with mergeable
     /// buffers as many as it takes, their count written to the header's `num_buffers` — and marks
-    /// them used. Without enough buffers, gives back the chains it took and keeps the frame.
+    /// them used. Without enough buffers, keeps the frame and the chains it took (see
+    /// `rx_held`) for the next attempt.
     fn deliver_frame(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Delivery {
         let mergeable = self.acked & F_MRG_RXBUF != 0;
         let frame = &self.rx_frame[..self.rx_pending];
-        let start = queue.next_avail();
-        let mut used = std::mem::take(&mut self.rx_used);
-        used.clear();
-        let mut first: Vec<Desc> = Vec::new();
+        // (head, descriptors, bytes written) of each chain this frame went into.
+        let mut taken: Vec<(u16, Vec<Desc>, usize)> = Vec::new();
         let mut offset = 0;
         let mut fits = true;
         while offset < frame.len() {
-            if !mergeable && !used.is_empty() {
+            if !mergeable && !taken.is_empty() {
                 fits = false; // the one chain a frame may use is too small
                 break;
             }
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
-                queue.set_next_avail(start);
-                self.rx_used = used;
-                return Delivery::NoBuffers;
+            let (head, descs) = match self.rx_held.pop_front() {
+                Some(held) => held,
+                None => match queue.pop_descriptor_chain(mem) {
+                    Some(chain) => (
+                        chain.head_index(),
+                        chain.take(MAX_CHAIN_DESCS + 1).map(Desc::from).collect(),
+                    ),
+                    None => {
+                        for (head, descs, _) in taken.into_iter().rev() {
+                            self.rx_held.push_front((head, descs));
+                        }
+                        return Delivery::NoBuffers;
+                    }
+                },
             };
-            let head = chain.head_index();
-            let descs: Vec<Desc> = chain.take(MAX_CHAIN_DESCS + 1).map(Desc::from).collect();
             let written = copy_to_chain(&descs, mem, &frame[offset..]);
             // The first chain must hold the whole header (num_buffers is patched into it).
-            let min = if used.is_empty() { NET_HDR_LEN } else { 1 };
-            used.push((head, written.unwrap_or(0)));
+            let min = if taken.is_empty() { NET_HDR_LEN } else { 1 };
+            taken.push((head, descs, written.unwrap_or(0)));
             match written {
                 Some(n) if n >= min => offset += n,
                 _ => {
@@ -297,27 +307,25 @@ impl Net {
                     break;
                 }
             }
-            if used.len() == 1 {
-                first = descs;
-            }
         }
         let delivery = if fits {
-            let count = u16::try_from(used.len()).unwrap_or(u16::MAX);
-            let _ = write_at(&first, mem, NUM_BUFFERS_OFFSET, &count.to_le_bytes());
+            let count = u16::try_from(taken.len()).unwrap_or(u16::MAX);
+            if let Some((_, first, _)) = taken.first() {
+                let _ = write_at(first, mem, NUM_BUFFERS_OFFSET, &count.to_le_bytes());
+            }
             Delivery::Delivered
         } else {
             // Every chain taken goes back empty, and the frame is dropped.
-            for entry in used.iter_mut() {
-                entry.1 = 0;
+            for entry in taken.iter_mut() {
+                entry.2 = 0;
             }
             Delivery::Dropped
         };
-        for &(head, len) in &used {
-            if queue.add_used(mem, head, len as u32).is_err() {
+        for (head, _, len) in &taken {
+            if queue.add_used(mem, *head, *len as u32).is_err() {
                 break;
             }
         }
-        self.rx_used = used;
         delivery
     }
 
@@ -512,6 +520,7 @@ impl VirtioDevice for Net {
     fn reset(&mut self) {
         self.acked = 0;
         self.rx_pending = 0;
+        self.rx_held.clear();
     }
 }
 
