@@ -35,7 +35,7 @@ target/release/skiff-nested \
     --file /usr/share/qemu/qboot.rom=/usr/share/qemu/qboot.rom \
     --file target/guest/vmlinux=/skiff/vmlinux \
     --file "$work/initramfs.cpio=/skiff/bench.cpio" \
-    --memory-mib 3072 \
+    --memory-mib 3072 --timeout 600 \
     - <<SCRIPT | tee "$work/out"
 measure() { # name kind target: kind is uds (target: the VMM's socket) or vsock (target: a cid)
     name=\$1; kind=\$2; target=\$3
