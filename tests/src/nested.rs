@@ -38,7 +38,10 @@ cd /tmp
 # A heartbeat on the console: a run that times out shows whether the host was still alive.
 (while sleep 60; do echo "nested: alive, uptime $(cut -d' ' -f1 /proc/uptime) s, load $(cut -d' ' -f1-3 /proc/loadavg)"; done) &
 sh /test.sh
-echo "SKIFF-NESTED-EXIT=$?"
+status=$?
+# On a line of its own, even after output that did not end its last line.
+echo
+echo "SKIFF-NESTED-EXIT=$status"
 poweroff -f
 reboot -f
 "#;

@@ -17,8 +17,11 @@ use super::{
 };
 use crate::bus::BusDevice;
 
-/// Features of the transport and ring, offered for every device.
-const TRANSPORT_FEATURES: u64 = VIRTIO_F_VERSION_1 | VIRTIO_RING_F_EVENT_IDX;
+/// Features of the transport, offered for every device. A device opts in to
+/// `VIRTIO_RING_F_EVENT_IDX` by listing it in its own features; none does yet: with it on for
+/// vsock, real guests in the nested test host triple-faulted now and then under heavy host->guest
+/// streaming (4 of ~16 runs, 0 of 16 without), a cause not found yet.
+const TRANSPORT_FEATURES: u64 = VIRTIO_F_VERSION_1;
 /// Rounds of serving a queue again for buffers the driver added while we published where to be
 /// notified next (bounded: a guest adding buffers as fast as we serve them cannot keep us here).
 const MAX_REARM_ROUNDS: usize = 8;
@@ -429,7 +432,7 @@ mod tests {
             &[16]
         }
         fn features(&self) -> u64 {
-            1 << 3
+            1 << 3 | VIRTIO_RING_F_EVENT_IDX
         }
         fn set_acked_features(&mut self, features: u64) {
             self.acked
