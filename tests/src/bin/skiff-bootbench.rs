@@ -100,12 +100,14 @@ fn jailed(args: &Args, jailer: &Path) -> Subject {
     let mut a: Vec<String> = ["--id", "bench-{id}", "--uid", "10001", "--gid", "10001"]
         .map(String::from)
         .to_vec();
-    a.extend([
-        "--exec-file".into(),
-        direct.program.clone(),
-        "--cgroup".into(),
-    ]);
-    a.push(format!("memory={}M", args.memory_mib + 64));
+    a.extend(["--exec-file".into(), direct.program.clone()]);
+    if args.jail_memory_overhead_mib > 0 {
+        a.push("--cgroup".into());
+        a.push(format!(
+            "memory={}M",
+            args.memory_mib + args.jail_memory_overhead_mib
+        ));
+    }
     a.push("--".into());
     a.extend(direct.args);
     Subject {
@@ -288,7 +290,9 @@ fn compare_jailer(args: &Args, jailer: &Path) -> anyhow::Result<()> {
     let subjects = [skiff(args), jailed(args, jailer)];
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(), Vec::new()];
     for run in 0..args.runs {
-        for (i, subject) in subjects.iter().enumerate() {
+        let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };
+        for i in order {
+            let subject = &subjects[i];
             let sample = boot_once(subject, args)?;
             println!(
                 "run {run:>2} {:<26} init after {:>8.1} ms",
@@ -303,11 +307,26 @@ fn compare_jailer(args: &Args, jailer: &Path) -> anyhow::Result<()> {
         rows.push((format!("{}, one at a time", subject.name), summarize(s)));
     }
     if args.parallel > 0 {
-        for subject in &subjects {
-            let s = boot_parallel(subject, args, args.parallel)?;
+        // Batches alternate (direct first, then jailed first, ...): what one batch leaves
+        // behind in the host (page cache, freed memory) must not favour either side.
+        let mut batches: Vec<Vec<Sample>> = vec![Vec::new(), Vec::new()];
+        for round in 0..args.parallel_rounds.max(1) {
+            let order = if round % 2 == 0 { [0, 1] } else { [1, 0] };
+            for i in order {
+                let s = boot_parallel(&subjects[i], args, args.parallel)?;
+                println!(
+                    "round {round} {:<26} {} at once, p50 {:.1} ms",
+                    subjects[i].name,
+                    args.parallel,
+                    summarize(&s).p50_ms
+                );
+                batches[i].extend(s);
+            }
+        }
+        for (subject, s) in subjects.iter().zip(&batches) {
             rows.push((
                 format!("{}, {} at once", subject.name, args.parallel),
-                summarize(&s),
+                summarize(s),
             ));
         }
     }
