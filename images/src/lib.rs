@@ -1,5 +1,7 @@
-//! Skiff's host-side images: packing what a guest reads. For now the initramfs (a newc cpio
-//! archive written by our own code); OCI images and task disks come with the image issues.
+//! Skiff's host-side images: the OCI image store (`store`: digest-verified blobs, images,
+//! import of OCI layouts) and packing what a guest reads (the initramfs, a newc cpio archive
+//! written by our own code).
 
 pub mod cpio;
 pub mod initramfs;
+pub mod store;

@@ -1,0 +1,82 @@
+//! `skiff-image`: the host's image store from the command line — import an OCI image layout,
+//! list, inspect, remove, and collect unreferenced blobs.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use images::store::oci::{image_config, import_layout};
+use images::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(name = "skiff-image", version)]
+struct Args {
+    /// The store's data directory.
+    #[arg(long, default_value = "/var/lib/skiff/images")]
+    store: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Imports the OCI image layout in DIR as NAME (every blob checked against its digest).
+    Import { dir: PathBuf, name: String },
+    /// Lists the images.
+    List,
+    /// Shows an image: manifest, config, layers and what it runs.
+    Inspect { name: String },
+    /// Forgets an image (its blobs go at the next gc unless another image uses them).
+    Remove { name: String },
+    /// Deletes blobs no image references.
+    Gc,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let store = Store::open(&args.store)?;
+    match args.command {
+        Command::Import { dir, name } => {
+            let record = import_layout(&store, &dir, &name)?;
+            println!(
+                "{name} {} ({} layers)",
+                record.manifest,
+                record.layers.len()
+            );
+        }
+        Command::List => {
+            for (name, record) in store.list()? {
+                let size: u64 = record.layers.iter().map(|l| l.size).sum();
+                println!("{name}\t{}\t{size} bytes of layers", record.manifest);
+            }
+        }
+        Command::Inspect { name } => {
+            let record = store.get(&name)?;
+            let config = image_config(&store, &record)?;
+            let run = config.config.unwrap_or_default();
+            println!("name: {name}");
+            println!("manifest: {}", record.manifest);
+            println!("config: {}", record.config);
+            println!("platform: {}/{}", config.os, config.architecture);
+            println!("entrypoint: {:?}", run.entrypoint.unwrap_or_default());
+            println!("cmd: {:?}", run.cmd.unwrap_or_default());
+            println!("env: {:?}", run.env.unwrap_or_default());
+            println!("working dir: {}", run.working_dir.unwrap_or_default());
+            println!("user: {}", run.user.unwrap_or_default());
+            for layer in &record.layers {
+                println!(
+                    "layer: {} {} {} bytes",
+                    layer.digest, layer.media_type, layer.size
+                );
+            }
+        }
+        Command::Remove { name } => {
+            store.remove(&name)?;
+            println!("removed {name}");
+        }
+        Command::Gc => {
+            let report = store.gc()?;
+            println!("removed {} blobs, {} bytes", report.blobs, report.bytes);
+        }
+    }
+    Ok(())
+}
