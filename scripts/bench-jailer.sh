@@ -3,6 +3,8 @@
 # skiff-vmm run directly and started by skiff-jailer (own jail, cgroup, namespaces, seccomp),
 # RUNS times each alternating (default 10), then PARALLEL of each at once (default 10), in 3
 # alternating rounds (batches vary a lot from one to the next under emulation).
+# The nested host's KVM runs without its TDP MMU here: with it, ten concurrent VMs oopsed the
+# nested host kernel (mmu_try_to_unsync_pages) under QEMU's emulated SVM.
 #   scripts/bench-jailer.sh [RUNS] [PARALLEL]
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -23,7 +25,7 @@ target/release/skiff-nested \
     --binary target/release/skiff-bootbench=/skiff/skiff-bootbench \
     --file target/guest/vmlinux=/skiff/vmlinux \
     --file target/guest/initramfs.cpio=/skiff/initramfs.cpio \
-    --memory-mib 4096 \
+    --memory-mib 4096 --append kvm.tdp_mmu=0 \
     - <<SCRIPT
 mkdir -p /srv/jailer
 skiff-bootbench --runs $runs --parallel $parallel --jailer /skiff/skiff-jailer
