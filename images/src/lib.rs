@@ -3,5 +3,6 @@
 //! written by our own code).
 
 pub mod cpio;
+pub mod image_disk;
 pub mod initramfs;
 pub mod store;

@@ -1,9 +1,10 @@
 //! `skiff-image`: the host's image store from the command line — import an OCI image layout,
-//! list, inspect, remove, and collect unreferenced blobs.
+//! list, inspect, remove, build an image's disk for guests, and collect unreferenced blobs.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
+use images::image_disk::ensure;
 use images::store::oci::{image_config, import_layout};
 use images::store::Store;
 
@@ -29,6 +30,8 @@ enum Command {
     Remove { name: String },
     /// Deletes blobs no image references.
     Gc,
+    /// Prints the path of the image's disk for guests (config and layers), building it once.
+    Disk { name: String },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -72,6 +75,10 @@ fn main() -> anyhow::Result<()> {
         Command::Remove { name } => {
             store.remove(&name)?;
             println!("removed {name}");
+        }
+        Command::Disk { name } => {
+            let record = store.get(&name)?;
+            println!("{}", ensure(&store, &args.store, &record)?.display());
         }
         Command::Gc => {
             let report = store.gc()?;

@@ -381,6 +381,24 @@ impl Store {
                 }
             }
         }
+        // Image disks (see `image_disk`) of images no longer stored.
+        let disks = self.root.join("disks");
+        for entry in fs::read_dir(&disks).into_iter().flatten().flatten() {
+            let name = entry.file_name();
+            // Only finished disks (`<hex>.img`): a `.…tmp` file is one being built.
+            let Some(hex) = name.to_str().and_then(|n| n.strip_suffix(".img")) else {
+                continue;
+            };
+            let keep = format!("sha256:{hex}")
+                .parse::<Digest>()
+                .is_ok_and(|d| referenced.contains(&d));
+            if !keep {
+                let bytes = entry.metadata().map_or(0, |m| m.len());
+                if fs::remove_file(entry.path()).is_ok() {
+                    report.bytes += bytes;
+                }
+            }
+        }
         // Temporary files of writers that died (a live writer's file is younger than a day).
         let tmp = self.root.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(io(&tmp))?.flatten() {

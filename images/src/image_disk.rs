@@ -1,0 +1,317 @@
+//! The image disk: what carries an image to the guest. A read-only block device holding the
+//! image's config and its layer blobs exactly as stored (still compressed, still verifiable by
+//! digest), built once per image and shared by every task of that image; guest-init unpacks the
+//! layers from it.
+//!
+//! Layout (little-endian, every part 4 KiB aligned):
+//! - at 0: the header — magic `SKIFFIMG`, format version (u32), table length (u32);
+//! - at 4096: the table of contents, JSON ([`Toc`]): where each blob is, its size, digest and
+//!   media type;
+//! - then the config and the layers, each starting on a 4 KiB boundary.
+
+use std::fs::{self, File};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::store::{Digest, ImageRecord, Store, StoreError};
+
+pub const MAGIC: &[u8; 8] = b"SKIFFIMG";
+pub const VERSION: u32 = 1;
+pub const ALIGN: u64 = 4096;
+/// Most bytes of the table of contents a reader accepts.
+pub const MAX_TOC: u32 = 1 << 20;
+
+/// One blob on the disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub offset: u64,
+    pub size: u64,
+    pub digest: Digest,
+    pub media_type: String,
+}
+
+/// The table of contents.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Toc {
+    pub manifest: Digest,
+    pub config: Extent,
+    pub layers: Vec<Extent>,
+}
+
+/// Errors building or reading an image disk.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageDiskError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("image disk {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("not a Skiff image disk (bad magic)")]
+    BadMagic,
+    #[error("image disk format version {0} is not supported (this reads version {VERSION})")]
+    Version(u32),
+    #[error("image disk table of contents: {0}")]
+    BadToc(String),
+}
+
+fn align_up(n: u64) -> u64 {
+    n.div_ceil(ALIGN) * ALIGN
+}
+
+/// Where the image disk of `record` lives in the store.
+pub fn disk_path(store_root: &Path, record: &ImageRecord) -> PathBuf {
+    store_root
+        .join("disks")
+        .join(format!("{}.img", record.manifest.hex()))
+}
+
+/// Returns the image disk of `record`, building it first if it does not exist yet (written to a
+/// temporary file and renamed: a disk file is complete or absent).
+pub fn ensure(
+    store: &Store,
+    store_root: &Path,
+    record: &ImageRecord,
+) -> Result<PathBuf, ImageDiskError> {
+    let path = disk_path(store_root, record);
+    if path.is_file() {
+        return Ok(path);
+    }
+    let dir = store_root.join("disks");
+    fs::create_dir_all(&dir).map_err(|source| ImageDiskError::Io {
+        path: dir.clone(),
+        source,
+    })?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        record.manifest.hex(),
+        std::process::id()
+    ));
+    let result = write(store, record, &tmp);
+    if let Err(e) = result {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
+    }
+    fs::rename(&tmp, &path).map_err(|source| ImageDiskError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    Ok(path)
+}
+
+/// Writes the image disk of `record` to `out`.
+pub fn write(store: &Store, record: &ImageRecord, out: &Path) -> Result<Toc, ImageDiskError> {
+    let io = |source| ImageDiskError::Io {
+        path: out.to_owned(),
+        source,
+    };
+    let config_size = fs::metadata(store.blob_path(&record.config))
+        .map_err(|_| StoreError::MissingBlob(record.config))?
+        .len();
+    // The table's size depends on the offsets it holds: lay out with room for it first.
+    let mut blobs = vec![(
+        record.config,
+        config_size,
+        "application/vnd.oci.image.config.v1+json".to_owned(),
+    )];
+    for l in &record.layers {
+        let size = fs::metadata(store.blob_path(&l.digest))
+            .map_err(|_| StoreError::MissingBlob(l.digest))?
+            .len();
+        blobs.push((l.digest, size, l.media_type.clone()));
+    }
+    let toc_room = align_up(256 + 256 * blobs.len() as u64);
+    let mut offset = ALIGN + toc_room;
+    let mut extents = Vec::new();
+    for (digest, size, media_type) in &blobs {
+        extents.push(Extent {
+            offset,
+            size: *size,
+            digest: *digest,
+            media_type: media_type.clone(),
+        });
+        offset = align_up(offset + size);
+    }
+    let mut layers = extents;
+    let config = layers.remove(0);
+    let toc = Toc {
+        manifest: record.manifest,
+        config,
+        layers,
+    };
+    let json = serde_json::to_vec(&toc).map_err(|e| ImageDiskError::BadToc(e.to_string()))?;
+    if json.len() as u64 > toc_room {
+        return Err(ImageDiskError::BadToc(format!(
+            "{} bytes do not fit the {toc_room} reserved",
+            json.len()
+        )));
+    }
+    let mut file = File::create(out).map_err(io)?;
+    let mut header = [0u8; ALIGN as usize];
+    header[..8].copy_from_slice(MAGIC);
+    header[8..12].copy_from_slice(&VERSION.to_le_bytes());
+    header[12..16].copy_from_slice(&(json.len() as u32).to_le_bytes());
+    file.write_all(&header).map_err(io)?;
+    file.write_all(&json).map_err(io)?;
+    for extent in std::iter::once(&toc.config).chain(&toc.layers) {
+        file.seek(SeekFrom::Start(extent.offset)).map_err(io)?;
+        let src = store.blob_path(&extent.digest);
+        let mut blob =
+            File::open(&src).map_err(|source| ImageDiskError::Io { path: src, source })?;
+        let copied = std::io::copy(&mut blob, &mut file).map_err(io)?;
+        if copied != extent.size {
+            return Err(ImageDiskError::BadToc(format!(
+                "blob {} changed size while being copied",
+                extent.digest
+            )));
+        }
+    }
+    // Whole 4 KiB blocks: a block device's size is a multiple of its sector size.
+    file.set_len(align_up(offset)).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    Ok(toc)
+}
+
+/// Reads and checks the table of contents of an image disk of `disk_size` bytes: every extent
+/// aligned, inside the disk, after the table and not overlapping another. (What guest-init does
+/// before trusting any offset.)
+pub fn read_toc(disk: &mut (impl Read + Seek), disk_size: u64) -> Result<Toc, ImageDiskError> {
+    let io = |source| ImageDiskError::Io {
+        path: PathBuf::from("(image disk)"),
+        source,
+    };
+    let mut header = [0u8; 16];
+    disk.seek(SeekFrom::Start(0)).map_err(io)?;
+    disk.read_exact(&mut header).map_err(io)?;
+    if &header[..8] != MAGIC {
+        return Err(ImageDiskError::BadMagic);
+    }
+    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
+    if version != VERSION {
+        return Err(ImageDiskError::Version(version));
+    }
+    let len = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+    if len == 0 || len > MAX_TOC || ALIGN + u64::from(len) > disk_size {
+        return Err(ImageDiskError::BadToc(format!("length {len} out of range")));
+    }
+    let mut json = vec![0u8; len as usize];
+    disk.seek(SeekFrom::Start(ALIGN)).map_err(io)?;
+    disk.read_exact(&mut json).map_err(io)?;
+    let toc: Toc =
+        serde_json::from_slice(&json).map_err(|e| ImageDiskError::BadToc(e.to_string()))?;
+    let mut next_free = ALIGN + u64::from(len);
+    for e in std::iter::once(&toc.config).chain(&toc.layers) {
+        let end = e.offset.checked_add(e.size);
+        if e.offset % ALIGN != 0 || e.offset < next_free || end.is_none_or(|end| end > disk_size) {
+            return Err(ImageDiskError::BadToc(format!(
+                "blob {} at {}+{} is misplaced",
+                e.digest, e.offset, e.size
+            )));
+        }
+        next_free = end.unwrap_or(u64::MAX);
+    }
+    Ok(toc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{Layer, Store};
+
+    fn setup(name: &str) -> (PathBuf, Store, ImageRecord) {
+        let root = std::env::temp_dir().join(format!("skiff-disk-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let store = Store::open(&root).unwrap();
+        let config = store
+            .put_bytes(br#"{"os":"linux","architecture":"amd64"}"#)
+            .unwrap();
+        let big: Vec<u8> = (0..10_000u32).map(|i| (i % 253) as u8).collect();
+        let layers = [&b"tiny"[..], &big[..]]
+            .iter()
+            .map(|data| Layer {
+                digest: store.put_bytes(data).unwrap(),
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                size: data.len() as u64,
+            })
+            .collect();
+        let manifest = store.put_bytes(b"manifest").unwrap();
+        let record = ImageRecord {
+            manifest,
+            config,
+            layers,
+        };
+        (root, store, record)
+    }
+
+    #[test]
+    fn a_disk_carries_the_config_and_layers_where_its_table_says() {
+        let (root, store, record) = setup("roundtrip");
+        let path = ensure(&store, &root, &record).unwrap();
+        let size = fs::metadata(&path).unwrap().len();
+        assert_eq!(size % ALIGN, 0);
+        let mut disk = File::open(&path).unwrap();
+        let toc = read_toc(&mut disk, size).unwrap();
+        assert_eq!(toc.manifest, record.manifest);
+        assert_eq!(toc.layers.len(), 2);
+        for e in std::iter::once(&toc.config).chain(&toc.layers) {
+            let mut data = vec![0u8; e.size as usize];
+            disk.seek(SeekFrom::Start(e.offset)).unwrap();
+            disk.read_exact(&mut data).unwrap();
+            assert_eq!(Digest::of(&data), e.digest, "blob intact at its offset");
+        }
+        // Built once: a second call returns the same file untouched.
+        let modified = fs::metadata(&path).unwrap().modified().unwrap();
+        assert_eq!(ensure(&store, &root, &record).unwrap(), path);
+        assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), modified);
+        // Kept while its image is, collected after.
+        store.tag("img:1", record).unwrap();
+        store.gc().unwrap();
+        assert!(path.is_file());
+        store.remove("img:1").unwrap();
+        store.gc().unwrap();
+        assert!(!path.exists());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn hostile_disks_are_refused_before_any_offset_is_used() {
+        let (root, store, record) = setup("hostile");
+        let path = root.join("d.img");
+        write(&store, &record, &path).unwrap();
+        let good = fs::read(&path).unwrap();
+        let check = |bytes: &[u8]| read_toc(&mut std::io::Cursor::new(bytes), bytes.len() as u64);
+        assert!(check(&good).is_ok());
+
+        let mut bad = good.clone();
+        bad[0] = b'X';
+        assert!(matches!(check(&bad), Err(ImageDiskError::BadMagic)));
+        let mut bad = good.clone();
+        bad[8] = 9;
+        assert!(matches!(check(&bad), Err(ImageDiskError::Version(9))));
+        let mut bad = good.clone();
+        bad[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert!(matches!(check(&bad), Err(ImageDiskError::BadToc(_))));
+        // A table pointing past the end of the disk, or into the table itself.
+        let toc = check(&good).unwrap();
+        for (offset, size) in [(toc.config.offset, u64::MAX), (0, 10), (4096 * 1000, 10)] {
+            let mut t = toc.clone();
+            t.layers[0].offset = offset;
+            t.layers[0].size = size;
+            let json = serde_json::to_vec(&t).unwrap();
+            let mut bad = good.clone();
+            bad[12..16].copy_from_slice(&(json.len() as u32).to_le_bytes());
+            bad[4096..4096 + json.len()].copy_from_slice(&json);
+            assert!(
+                matches!(check(&bad), Err(ImageDiskError::BadToc(_))),
+                "{offset}+{size}"
+            );
+        }
+        // Truncated.
+        assert!(check(&good[..100]).is_err());
+        fs::remove_dir_all(root).unwrap();
+    }
+}
