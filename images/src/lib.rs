@@ -5,4 +5,5 @@
 pub mod cpio;
 pub mod image_disk;
 pub mod initramfs;
+pub mod scratch_disk;
 pub mod store;
