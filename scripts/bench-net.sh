@@ -7,32 +7,10 @@ set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 runs=${1:-3}
-for f in target/guest/vmlinux target/test-host/vmlinux; do
-    [ -f "$f" ] || { echo "bench-net: $f is missing: run scripts/setup.sh first" >&2; exit 1; }
-done
-static=target/x86_64-unknown-linux-gnu/release
-cargo build -q --release -p skiff-tests -p images --bins
-RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target x86_64-unknown-linux-gnu -p vmm -p guest-init --bins
-RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target x86_64-unknown-linux-gnu -p skiff-tests --bin skiff-probe
+. scripts/bench-peer-lib.sh
+bench_prepare bench-net "/bin/skiff-probe tcp-echo 7000"
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-printf '#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexec /bin/skiff-probe tcp-echo 7000\n' > "$work/bench.sh"
-chmod +x "$work/bench.sh"
-target/release/skiff-initramfs --init "$static/skiff-init" \
-    --binary /bin/busybox=/bin/busybox --binary "$static/skiff-probe=/bin/skiff-probe" \
-    --binary "$work/bench.sh=/bench.sh" --out "$work/initramfs.cpio"
-
-target/release/skiff-nested \
-    --binary "$static/skiff-vmm=/skiff/skiff-vmm" \
-    --binary "$static/skiff-probe=/skiff/skiff-probe" \
-    --binary "$(command -v qemu-system-x86_64)"=/usr/bin/qemu-system-x86_64 \
-    --file /usr/share/qemu/bios-microvm.bin=/usr/share/qemu/bios-microvm.bin \
-    --file /usr/share/qemu/qboot.rom=/usr/share/qemu/qboot.rom \
-    --file target/guest/vmlinux=/skiff/vmlinux \
-    --file "$work/initramfs.cpio=/skiff/bench.cpio" \
-    --memory-mib 3072 \
-    - <<SCRIPT | tee "$work/out"
+bench_nested <<SCRIPT
 cat > /tmp/bench.sh <<'NETNS'
 ip link set lo up
 measure() {
@@ -64,11 +42,9 @@ NETNS
 unshare -n sh /tmp/bench.sh
 SCRIPT
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-val() { grep "^bench $1 $2 " "$work/out" | awk '{print $4}' | median; }
-st=$(val skiff tput); qt=$(val qemu tput); sr=$(val skiff rtt); qr=$(val qemu rtt)
+st=$(bench_val skiff tput); qt=$(bench_val qemu tput); sr=$(bench_val skiff rtt); qr=$(bench_val qemu rtt)
 echo
 echo "| guest<->host TCP (nested, median of $runs) | Skiff | QEMU microvm | Skiff / QEMU |"
 echo "|---|---|---|---|"
-echo "| 100 MiB echo, MiB/s each way | $st | $qt | $(awk -v a="$st" -v b="$qt" 'BEGIN {printf "%.2f", a/b}') |"
-echo "| ping RTT, ms (avg of 20) | $sr | $qr | $(awk -v a="$sr" -v b="$qr" 'BEGIN {printf "%.2f", a/b}') |"
+echo "| 100 MiB echo, MiB/s each way | $st | $qt | $(bench_ratio "$st" "$qt") |"
+echo "| ping RTT, ms (avg of 20) | $sr | $qr | $(bench_ratio "$sr" "$qr") |"

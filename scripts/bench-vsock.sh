@@ -11,32 +11,10 @@ cd "$root"
 runs=${1:-3}
 streams=${2:-4}
 bytes=$((104857600 / streams))
-for f in target/guest/vmlinux target/test-host/vmlinux; do
-    [ -f "$f" ] || { echo "bench-vsock: $f is missing: run scripts/setup.sh first" >&2; exit 1; }
-done
-static=target/x86_64-unknown-linux-gnu/release
-cargo build -q --release -p skiff-tests -p images --bins
-RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target x86_64-unknown-linux-gnu -p vmm -p guest-init --bins
-RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target x86_64-unknown-linux-gnu -p skiff-tests --bin skiff-probe
+. scripts/bench-peer-lib.sh
+bench_prepare bench-vsock "/bin/skiff-probe guest-echo 5000"
 
-work=$(mktemp -d)
-trap 'rm -rf "$work"' EXIT
-printf '#!/bin/busybox sh\n/bin/busybox --install -s /bin\nexec /bin/skiff-probe guest-echo 5000\n' > "$work/bench.sh"
-chmod +x "$work/bench.sh"
-target/release/skiff-initramfs --init "$static/skiff-init" \
-    --binary /bin/busybox=/bin/busybox --binary "$static/skiff-probe=/bin/skiff-probe" \
-    --binary "$work/bench.sh=/bench.sh" --out "$work/initramfs.cpio"
-
-target/release/skiff-nested \
-    --binary "$static/skiff-vmm=/skiff/skiff-vmm" \
-    --binary "$static/skiff-probe=/skiff/skiff-probe" \
-    --binary "$(command -v qemu-system-x86_64)"=/usr/bin/qemu-system-x86_64 \
-    --file /usr/share/qemu/bios-microvm.bin=/usr/share/qemu/bios-microvm.bin \
-    --file /usr/share/qemu/qboot.rom=/usr/share/qemu/qboot.rom \
-    --file target/guest/vmlinux=/skiff/vmlinux \
-    --file "$work/initramfs.cpio=/skiff/bench.cpio" \
-    --memory-mib 3072 --timeout 600 \
-    - <<SCRIPT | tee "$work/out"
+bench_nested <<SCRIPT
 measure() { # name kind target: kind is uds (target: the VMM's socket) or vsock (target: a cid)
     name=\$1; kind=\$2; target=\$3
     i=0; until skiff-probe \$kind-connects \$target 5000 1 >/dev/null 2>&1; do
@@ -62,11 +40,9 @@ measure qemu vsock 4 || tail -20 /tmp/qemu-guest.log
 kill \$qemu; wait \$qemu
 SCRIPT
 
-median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
-val() { grep "^bench $1 $2 " "$work/out" | awk '{print $4}' | median; }
-st=$(val skiff tput); qt=$(val qemu tput); sc=$(val skiff connect); qc=$(val qemu connect)
+st=$(bench_val skiff tput); qt=$(bench_val qemu tput); sc=$(bench_val skiff connect); qc=$(bench_val qemu connect)
 echo
 echo "| host<->guest vsock (nested, median of $runs) | Skiff (hybrid, Unix socket) | QEMU microvm (vhost-vsock) | Skiff / QEMU |"
 echo "|---|---|---|---|"
-echo "| $streams x $bytes B echo, MiB/s each way | $st | $qt | $(awk -v a="$st" -v b="$qt" 'BEGIN {printf "%.2f", a/b}') |"
-echo "| connect + 1-byte echo, median us (200) | $sc | $qc | $(awk -v a="$sc" -v b="$qc" 'BEGIN {printf "%.2f", a/b}') |"
+echo "| $streams x $bytes B echo, MiB/s each way | $st | $qt | $(bench_ratio "$st" "$qt") |"
+echo "| connect + 1-byte echo, median us (200) | $sc | $qc | $(bench_ratio "$sc" "$qc") |"
