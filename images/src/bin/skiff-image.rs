@@ -1,10 +1,12 @@
-//! `skiff-image`: the host's image store from the command line — import an OCI image layout,
+//! `skiff-image`: the host's image store from the command line — import an OCI image layout or a
+//! `docker save` archive,
 //! list, inspect, remove, build an image's disk for guests, and collect unreferenced blobs.
 
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use images::image_disk::ensure;
+use images::store::archive::import_archive;
 use images::store::oci::{image_config, import_layout};
 use images::store::Store;
 
@@ -22,6 +24,11 @@ struct Args {
 enum Command {
     /// Imports the OCI image layout in DIR as NAME (every blob checked against its digest).
     Import { dir: PathBuf, name: String },
+    /// Imports a `docker save` archive (as NAME, or under the first tag it carries).
+    ImportArchive {
+        archive: PathBuf,
+        name: Option<String>,
+    },
     /// Lists the images.
     List,
     /// Shows an image: manifest, config, layers and what it runs.
@@ -40,6 +47,14 @@ fn main() -> anyhow::Result<()> {
     match args.command {
         Command::Import { dir, name } => {
             let record = import_layout(&store, &dir, &name)?;
+            println!(
+                "{name} {} ({} layers)",
+                record.manifest,
+                record.layers.len()
+            );
+        }
+        Command::ImportArchive { archive, name } => {
+            let (name, record) = import_archive(&store, &archive, name.as_deref())?;
             println!(
                 "{name} {} ({} layers)",
                 record.manifest,

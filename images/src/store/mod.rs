@@ -9,6 +9,7 @@
 //!   (`flock`), so concurrent imports and removals do not lose each other's updates;
 //! - garbage collection deletes blobs no image references, under the same lock.
 
+pub mod archive;
 pub mod digest;
 pub mod oci;
 
@@ -339,6 +340,20 @@ impl Store {
             .ok_or_else(|| StoreError::NoSuchImage(name.to_owned()))?;
         self.write_index(&index)?;
         Ok(record)
+    }
+
+    /// Runs an import that lists in its argument the blobs it newly stores; if it fails, those
+    /// no image references are deleted again.
+    pub fn all_or_nothing<T, E>(
+        &self,
+        import: impl FnOnce(&mut Vec<Digest>) -> Result<T, E>,
+    ) -> Result<T, E> {
+        let mut added = Vec::new();
+        let result = import(&mut added);
+        if result.is_err() {
+            let _ = self.discard_unreferenced(&added);
+        }
+        result
     }
 
     /// Deletes `candidates` that no image references (what a failed import had added).

@@ -51,6 +51,8 @@ pub enum ImportError {
     MediaType { what: String, media_type: String },
     #[error("the image is for {os}/{architecture}, not linux/amd64")]
     Platform { os: String, architecture: String },
+    #[error("docker save archive: {0}")]
+    Archive(String),
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -125,12 +127,7 @@ fn parse<'a, T: Deserialize<'a>>(what: &str, data: &'a [u8]) -> Result<T, Import
 /// Imports the OCI image layout at `dir` as `name`. On failure nothing new stays in the store
 /// and no image is named.
 pub fn import_layout(store: &Store, dir: &Path, name: &str) -> Result<ImageRecord, ImportError> {
-    let mut added = Vec::new();
-    let result = import(store, dir, name, &mut added);
-    if result.is_err() {
-        let _ = store.discard_unreferenced(&added);
-    }
-    result
+    store.all_or_nothing(|added| import(store, dir, name, added))
 }
 
 fn import(
