@@ -13,6 +13,9 @@ mod power;
 mod process;
 mod settings;
 mod system_info;
+// Used by the container runner (issue 5: unpack the image layers, then run); tested already.
+#[cfg_attr(not(test), allow(dead_code))]
+mod unpack;
 
 use settings::Settings;
 
