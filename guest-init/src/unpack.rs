@@ -1,4 +1,4 @@
-//! Unpacking an image layer (a tar, plain or gzip) onto the container's root filesystem, inside
+//! Unpacking an image layer (a tar, plain, gzip or zstd) onto the container's root filesystem, inside
 //! the guest: the layer is untrusted.
 //!
 //! - Entry names with `..` or an absolute path are refused (the task fails with the name).
@@ -28,6 +28,8 @@ const MAX_LINK_HOPS: usize = 40;
 pub enum Compression {
     None,
     Gzip,
+    /// One zstd frame (what image tools write).
+    Zstd,
 }
 
 /// Why a layer could not be unpacked.
@@ -205,6 +207,10 @@ pub fn unpack_layer(
     let reader: Box<dyn Read> = match compression {
         Compression::None => Box::new(layer),
         Compression::Gzip => Box::new(flate2::read::GzDecoder::new(layer)),
+        Compression::Zstd => Box::new(
+            ruzstd::decoding::StreamingDecoder::new(layer)
+                .map_err(|e| UnpackError::Tar(std::io::Error::other(e.to_string())))?,
+        ),
     };
     let mut archive = tar::Archive::new(reader);
     let mut stats = UnpackStats::default();
@@ -498,7 +504,7 @@ mod tests {
     }
 
     #[test]
-    fn gzip_layers_and_garbage() {
+    fn gzip_and_zstd_layers_and_garbage() {
         use std::io::Write;
         let r = root("gzip");
         let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
@@ -507,6 +513,14 @@ mod tests {
         unpack_layer(&r, &gz.finish().unwrap()[..], Compression::Gzip, false).unwrap();
         assert_eq!(fs::read(r.join("hello")).unwrap(), b"world");
         let err = unpack_layer(&r, &b"not gzip at all"[..], Compression::Gzip, false).unwrap_err();
+        assert!(matches!(err, UnpackError::Tar(_)), "{err}");
+        let zst = ruzstd::encoding::compress_to_vec(
+            &tar(&[E::File("zhello", b"zworld", 0o644)])[..],
+            ruzstd::encoding::CompressionLevel::Fastest,
+        );
+        unpack_layer(&r, &zst[..], Compression::Zstd, false).unwrap();
+        assert_eq!(fs::read(r.join("zhello")).unwrap(), b"zworld");
+        let err = unpack_layer(&r, &b"not zstd at all"[..], Compression::Zstd, false).unwrap_err();
         assert!(matches!(err, UnpackError::Tar(_)), "{err}");
         fs::remove_dir_all(r).unwrap();
     }
