@@ -42,9 +42,6 @@ NETNS
 unshare -n sh /tmp/bench.sh
 SCRIPT
 
-st=$(bench_val skiff tput); qt=$(bench_val qemu tput); sr=$(bench_val skiff rtt); qr=$(bench_val qemu rtt)
-echo
-echo "| guest<->host TCP (nested, median of $runs) | Skiff | QEMU microvm | Skiff / QEMU |"
-echo "|---|---|---|---|"
-echo "| 100 MiB echo, MiB/s each way | $st | $qt | $(bench_ratio "$st" "$qt") |"
-echo "| ping RTT, ms (avg of 20) | $sr | $qr | $(bench_ratio "$sr" "$qr") |"
+bench_table "guest<->host TCP (nested, median of $runs)" Skiff "QEMU microvm"
+bench_row "100 MiB echo, MiB/s each way" tput
+bench_row "ping RTT, ms (avg of 20)" rtt

@@ -5,8 +5,8 @@
 #   bench_nested                       runs the script on stdin in a nested test host holding
 #                                      skiff-vmm, skiff-probe, QEMU and that initramfs; the
 #                                      console also goes to $work/out
-#   bench_val PEER METRIC              median of the "bench PEER METRIC VALUE" lines
-#   bench_ratio A B                    A / B with two decimals
+#   bench_table TITLE SKIFF QEMU       prints the table head (column titles of the two peers)
+#   bench_row LABEL METRIC             a row: Skiff's and QEMU's medians of METRIC and their ratio
 
 bench_prepare() {
     local name=$1 guest_command=$2
@@ -44,6 +44,15 @@ bench_val() {
         | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'
 }
 
-bench_ratio() {
-    awk -v a="$1" -v b="$2" 'BEGIN {printf "%.2f", a/b}'
+bench_table() {
+    echo
+    echo "| $1 | $2 | $3 | Skiff / QEMU |"
+    echo "|---|---|---|---|"
+}
+
+bench_row() {
+    local skiff qemu
+    skiff=$(bench_val skiff "$2")
+    qemu=$(bench_val qemu "$2")
+    echo "| $1 | $skiff | $qemu | $(awk -v a="$skiff" -v b="$qemu" 'BEGIN {printf "%.2f", a/b}') |"
 }

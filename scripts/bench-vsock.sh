@@ -40,9 +40,6 @@ measure qemu vsock 4 || tail -20 /tmp/qemu-guest.log
 kill \$qemu; wait \$qemu
 SCRIPT
 
-st=$(bench_val skiff tput); qt=$(bench_val qemu tput); sc=$(bench_val skiff connect); qc=$(bench_val qemu connect)
-echo
-echo "| host<->guest vsock (nested, median of $runs) | Skiff (hybrid, Unix socket) | QEMU microvm (vhost-vsock) | Skiff / QEMU |"
-echo "|---|---|---|---|"
-echo "| $streams x $bytes B echo, MiB/s each way | $st | $qt | $(bench_ratio "$st" "$qt") |"
-echo "| connect + 1-byte echo, median us (200) | $sc | $qc | $(bench_ratio "$sc" "$qc") |"
+bench_table "host<->guest vsock (nested, median of $runs)" "Skiff (hybrid, Unix socket)" "QEMU microvm (vhost-vsock)"
+bench_row "$streams x $bytes B echo, MiB/s each way" tput
+bench_row "connect + 1-byte echo, median us (200)" connect
