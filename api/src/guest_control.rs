@@ -11,8 +11,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use std::os::fd::BorrowedFd;
+
 use skiff_protocol::{
-    read_message, write_message, ExitStatus, Message, ProtocolError, Stream, GUEST_CONTROL_PORT,
+    read_message, write_message, ContainerSpec, ExitStatus, FrameReader, Message, ProtocolError,
+    Stream, GUEST_CONTROL_PORT,
 };
 
 /// Errors on the control channel.
@@ -118,6 +121,28 @@ pub struct CommandOutput {
     pub error: Option<String>,
 }
 
+/// What happens while a container runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ContainerEvent<'a> {
+    /// Its process started, this many ms after the guest kernel did.
+    Started { boot_ms: u64 },
+    /// A piece of its output.
+    Output(Stream, &'a [u8]),
+    /// A stop was requested.
+    StopRequested,
+}
+
+/// How a container ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerOutcome {
+    pub status: ExitStatus,
+    /// Why, when guest-init gave a reason (a task that could not start, a kill after the stop
+    /// timeout).
+    pub reason: Option<String>,
+    /// Whether a stop was requested.
+    pub stop_requested: bool,
+}
+
 /// A connected guest-init.
 pub struct GuestControl {
     stream: UnixStream,
@@ -181,6 +206,87 @@ impl GuestControl {
             status,
             error,
         })
+    }
+
+    /// Runs a container task in the guest: passes each piece of output to `on_output` as it
+    /// arrives and, when `stop` becomes readable, asks guest-init once to stop the container
+    /// (SIGTERM, then SIGKILL after the spec's stop timeout; the caller drains `stop`).
+    pub fn run_container(
+        &mut self,
+        spec: &ContainerSpec,
+        stop: Option<BorrowedFd<'_>>,
+        mut on_event: impl FnMut(ContainerEvent<'_>),
+    ) -> Result<ContainerOutcome, ControlError> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1).max(1);
+        write_message(
+            &mut self.stream,
+            &Message::RunContainer {
+                id,
+                spec: spec.clone(),
+            },
+        )?;
+        let mut reason = None;
+        let mut stop_sent = false;
+        let mut frames = FrameReader::new();
+        let mut buf = vec![0u8; 256 << 10];
+        loop {
+            while let Some(msg) = frames.next_message()? {
+                match msg {
+                    Message::Output {
+                        id: oid,
+                        stream,
+                        data,
+                    } if oid == id => on_event(ContainerEvent::Output(stream, &data)),
+                    Message::Started { id: sid, boot_ms } if sid == id => {
+                        on_event(ContainerEvent::Started { boot_ms })
+                    }
+                    Message::Error { id: eid, message } if eid == id => reason = Some(message),
+                    Message::Error { id: 0, message } => return Err(ControlError::Guest(message)),
+                    Message::Exited { id: eid, status } if eid == id => {
+                        return Ok(ContainerOutcome {
+                            status,
+                            reason,
+                            stop_requested: stop_sent,
+                        })
+                    }
+                    _ => {}
+                }
+            }
+            let mut fds = vec![libc::pollfd {
+                fd: self.stream.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            }];
+            if let (Some(fd), false) = (stop, stop_sent) {
+                fds.push(libc::pollfd {
+                    fd: fd.as_raw_fd(),
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+            }
+            // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            if n < 0 {
+                let err = std::io::Error::last_os_error();
+                if err.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(err.into());
+            }
+            if fds.get(1).is_some_and(|p| p.revents != 0) {
+                write_message(&mut self.stream, &Message::Stop { id })?;
+                stop_sent = true;
+                on_event(ContainerEvent::StopRequested);
+            }
+            if fds[0].revents != 0 {
+                let got = self.stream.read(&mut buf)?;
+                if got == 0 {
+                    return Err(ControlError::Closed);
+                }
+                frames.push(&buf[..got]);
+            }
+        }
     }
 
     /// Sends `signal` to command `id` (the one running).

@@ -8,6 +8,9 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::process::{Child, Command, Stdio};
 
 use skiff_protocol::vsock::VsockStream;
+
+use crate::container;
+use crate::settings::NetworkSettings;
 use skiff_protocol::{
     read_message, write_message, ExitStatus, FrameReader, Message, ProtocolError, Stream,
     GUEST_CONTROL_PORT, HOST_CID, VERSION,
@@ -27,7 +30,7 @@ pub enum ControlError {
 }
 
 /// Milliseconds since the kernel started (CLOCK_BOOTTIME).
-fn boot_ms() -> u64 {
+pub fn boot_ms() -> u64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -38,7 +41,7 @@ fn boot_ms() -> u64 {
 }
 
 /// Connects to the host, says hello, and serves commands until the host is done.
-pub fn serve(kernel: &str) -> Result<(), ControlError> {
+pub fn serve(kernel: &str, network: &NetworkSettings) -> Result<(), ControlError> {
     let mut stream =
         VsockStream::connect(HOST_CID, GUEST_CONTROL_PORT).map_err(ControlError::Connect)?;
     write_message(
@@ -58,8 +61,18 @@ pub fn serve(kernel: &str) -> Result<(), ControlError> {
                     return Ok(());
                 }
             }
-            // Signals or input for a command that is not running: nothing to do.
-            Some(Message::Signal { .. } | Message::Stdin { .. } | Message::StdinClose { .. }) => {}
+            Some(Message::RunContainer { id, spec }) => {
+                if container::run(&mut stream, id, &spec, network)? {
+                    return Ok(());
+                }
+            }
+            // Signals, stops or input for a command that is not running: nothing to do.
+            Some(
+                Message::Signal { .. }
+                | Message::Stop { .. }
+                | Message::Stdin { .. }
+                | Message::StdinClose { .. },
+            ) => {}
             Some(other) => write_message(
                 &mut stream,
                 &Message::Error {
@@ -149,33 +162,7 @@ fn run_command(
                 }
             }
         }
-        let mut closed = Vec::new();
-        for (i, (kind, fd)) in pipes.iter().enumerate() {
-            if fds[i].revents == 0 {
-                continue;
-            }
-            // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
-            let got = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-            match usize::try_from(got) {
-                Ok(0) => closed.push(i),
-                Ok(got) if host_open => write_message(
-                    stream,
-                    &Message::Output {
-                        id,
-                        stream: *kind,
-                        data: buf[..got].to_vec(),
-                    },
-                )?,
-                Ok(_) => {}
-                Err(_)
-                    if std::io::Error::last_os_error().kind()
-                        == std::io::ErrorKind::Interrupted => {}
-                Err(_) => closed.push(i),
-            }
-        }
-        for i in closed.into_iter().rev() {
-            pipes.remove(i);
-        }
+        forward_output(stream, id, &mut pipes, &fds, &mut buf, host_open)?;
     }
     drop(stdin);
     let status = wait(&mut child);
@@ -209,7 +196,46 @@ fn spawn(argv: &[String], env: &[String], cwd: &str) -> std::io::Result<Child> {
         .spawn()
 }
 
-fn pollfd(fd: RawFd) -> libc::pollfd {
+/// Sends what the readable pipes (those `fds` says are ready, in the same order) hold to the
+/// host as `Output` of command `id` (dropped when the host is gone); removes pipes at their end.
+pub fn forward_output(
+    stream: &mut VsockStream,
+    id: u32,
+    pipes: &mut Vec<(Stream, OwnedFd)>,
+    fds: &[libc::pollfd],
+    buf: &mut [u8],
+    host_open: bool,
+) -> Result<(), ControlError> {
+    let mut closed = Vec::new();
+    for (i, (kind, fd)) in pipes.iter().enumerate() {
+        if fds.get(i).is_none_or(|p| p.revents == 0) {
+            continue;
+        }
+        // SAFETY: `buf` is valid for writes of `buf.len()` bytes.
+        let got = unsafe { libc::read(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        match usize::try_from(got) {
+            Ok(0) => closed.push(i),
+            Ok(got) if host_open => write_message(
+                stream,
+                &Message::Output {
+                    id,
+                    stream: *kind,
+                    data: buf[..got].to_vec(),
+                },
+            )?,
+            Ok(_) => {}
+            Err(_) if std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted => {
+            }
+            Err(_) => closed.push(i),
+        }
+    }
+    for i in closed.into_iter().rev() {
+        pipes.remove(i);
+    }
+    Ok(())
+}
+
+pub fn pollfd(fd: RawFd) -> libc::pollfd {
     libc::pollfd {
         fd,
         events: libc::POLLIN,

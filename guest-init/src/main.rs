@@ -4,6 +4,7 @@
 //! runs the program it is given (if any), and reports the exit status to the VMM before resetting
 //! the machine. A panic is reported as a crash; init never hangs the VM.
 
+mod container;
 mod control;
 mod host_port;
 mod mounts;
@@ -13,8 +14,6 @@ mod power;
 mod process;
 mod settings;
 mod system_info;
-// Used by the container runner (issue 5: unpack the image layers, then run); tested already.
-#[cfg_attr(not(test), allow(dead_code))]
 mod unpack;
 
 use settings::Settings;
@@ -40,7 +39,7 @@ fn run() -> Result<u8, Box<dyn std::error::Error>> {
                 println!("skiff-init: network {summary}");
             }
             let served = if settings.control {
-                control::serve(&info.kernel).map_err(|e| {
+                control::serve(&info.kernel, &settings.network).map_err(|e| {
                     eprintln!("skiff-init: {e}");
                     INIT_FAILURE
                 })

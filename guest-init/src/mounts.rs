@@ -64,7 +64,7 @@ pub fn mount_disk(spec: &MountSpec) -> Result<(), MountError> {
 }
 
 /// mount(2).
-fn mount(
+pub fn mount(
     source: &str,
     target: &str,
     fstype: &str,
@@ -117,4 +117,18 @@ pub fn unmount_disks(specs: &[MountSpec]) {
             );
         }
     }
+}
+
+/// umount2(2) of `target`, lazily (`MNT_DETACH`) if it is busy.
+pub fn unmount(target: &str) -> std::io::Result<()> {
+    let t = cstr(target);
+    // SAFETY: `t` is a valid NUL-terminated string that outlives the calls.
+    if unsafe { libc::umount2(t.as_ptr(), 0) } == 0 {
+        return Ok(());
+    }
+    // SAFETY: as above.
+    if unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) } == 0 {
+        return Ok(());
+    }
+    Err(std::io::Error::last_os_error())
 }

@@ -23,14 +23,7 @@ const OPAQUE: &str = ".wh..wh..opq";
 /// Symlinks followed while resolving one path.
 const MAX_LINK_HOPS: usize = 40;
 
-/// How a layer is compressed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Compression {
-    None,
-    Gzip,
-    /// One zstd frame (what image tools write).
-    Zstd,
-}
+pub use skiff_protocol::image_disk::Compression;
 
 /// Why a layer could not be unpacked.
 #[derive(Debug, thiserror::Error)]
@@ -61,7 +54,7 @@ pub struct UnpackStats {
 }
 
 /// The entry's path as relative components, refusing `..` and absolute paths.
-fn clean(name: &Path) -> Result<PathBuf, UnpackError> {
+pub fn clean(name: &Path) -> Result<PathBuf, UnpackError> {
     let mut out = PathBuf::new();
     for c in name.components() {
         match c {
@@ -75,7 +68,7 @@ fn clean(name: &Path) -> Result<PathBuf, UnpackError> {
 
 /// Resolves `rel`'s parent inside `root`, following symlinks as if `root` were `/`, and returns
 /// the host path of `rel` (its last component is not followed).
-fn resolve(root: &Path, rel: &Path) -> Result<PathBuf, UnpackError> {
+pub fn resolve(root: &Path, rel: &Path) -> Result<PathBuf, UnpackError> {
     let name = || rel.display().to_string();
     let Some(last) = rel.file_name() else {
         return Ok(root.to_owned());
@@ -139,7 +132,7 @@ fn io_err(entry: &Path) -> impl FnOnce(std::io::Error) -> UnpackError + '_ {
 }
 
 /// Removes whatever is at `path` (a directory with its contents), if anything.
-fn remove_any(path: &Path) -> std::io::Result<()> {
+pub fn remove_any(path: &Path) -> std::io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => fs::remove_dir_all(path),
         Ok(_) => fs::remove_file(path),
@@ -149,7 +142,7 @@ fn remove_any(path: &Path) -> std::io::Result<()> {
 }
 
 /// Creates the directories of `path` that do not exist (mode 0755).
-fn ensure_dir(path: &Path) -> std::io::Result<()> {
+pub fn ensure_dir(path: &Path) -> std::io::Result<()> {
     match fs::symlink_metadata(path) {
         Ok(m) if m.is_dir() => Ok(()),
         Ok(_) => {

@@ -4,9 +4,11 @@
 //! layers from it.
 //!
 //! Layout (little-endian, every part 4 KiB aligned):
-//! - at 0: the header — magic `SKIFFIMG`, format version (u32), table length (u32);
-//! - at 4096: the table of contents, JSON ([`Toc`]): where each blob is, its size, digest and
-//!   media type;
+//! - at 0: the header block ([`skiff_protocol::image_disk`], shared with guest-init) — magic
+//!   `SKIFFIMG`, format version, table length, and the layer table guest-init reads: each layer's
+//!   offset, size and compression;
+//! - at 4096: the table of contents, JSON ([`Toc`]), for tools: where each blob is, its size,
+//!   digest and media type;
 //! - then the config and the layers, each starting on a 4 KiB boundary.
 
 use std::fs::{self, File};
@@ -14,12 +16,11 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+use skiff_protocol::image_disk::{Compression, DiskHeader, DiskHeaderError, LayerExtent};
 
 use crate::store::{Digest, ImageRecord, Store, StoreError};
 
-pub const MAGIC: &[u8; 8] = b"SKIFFIMG";
-pub const VERSION: u32 = 1;
-pub const ALIGN: u64 = 4096;
+pub use skiff_protocol::image_disk::{BLOCK as ALIGN, MAGIC, VERSION};
 /// Most bytes of the table of contents a reader accepts.
 pub const MAX_TOC: u32 = 1 << 20;
 
@@ -51,10 +52,10 @@ pub enum ImageDiskError {
         #[source]
         source: std::io::Error,
     },
-    #[error("not a Skiff image disk (bad magic)")]
-    BadMagic,
-    #[error("image disk format version {0} is not supported (this reads version {VERSION})")]
-    Version(u32),
+    #[error("image disk header: {0}")]
+    Header(#[from] DiskHeaderError),
+    #[error("layer {digest} has media type {media_type:?}, which Skiff cannot unpack")]
+    UnsupportedLayer { digest: Digest, media_type: String },
     #[error("image disk table of contents: {0}")]
     BadToc(String),
 }
@@ -138,6 +139,24 @@ pub fn write(store: &Store, record: &ImageRecord, out: &Path) -> Result<Toc, Ima
     }
     let mut layers = extents;
     let config = layers.remove(0);
+    let header = DiskHeader {
+        toc_len: 0,
+        layers: layers
+            .iter()
+            .map(|l| {
+                Ok(LayerExtent {
+                    offset: l.offset,
+                    size: l.size,
+                    compression: Compression::from_media_type(&l.media_type).ok_or_else(|| {
+                        ImageDiskError::UnsupportedLayer {
+                            digest: l.digest,
+                            media_type: l.media_type.clone(),
+                        }
+                    })?,
+                })
+            })
+            .collect::<Result<Vec<_>, ImageDiskError>>()?,
+    };
     let toc = Toc {
         manifest: record.manifest,
         config,
@@ -150,11 +169,12 @@ pub fn write(store: &Store, record: &ImageRecord, out: &Path) -> Result<Toc, Ima
             json.len()
         )));
     }
+    let header = DiskHeader {
+        toc_len: json.len() as u32,
+        ..header
+    }
+    .encode()?;
     let mut file = File::create(out).map_err(io)?;
-    let mut header = [0u8; ALIGN as usize];
-    header[..8].copy_from_slice(MAGIC);
-    header[8..12].copy_from_slice(&VERSION.to_le_bytes());
-    header[12..16].copy_from_slice(&(json.len() as u32).to_le_bytes());
     file.write_all(&header).map_err(io)?;
     file.write_all(&json).map_err(io)?;
     for extent in std::iter::once(&toc.config).chain(&toc.layers) {
@@ -184,17 +204,11 @@ pub fn read_toc(disk: &mut (impl Read + Seek), disk_size: u64) -> Result<Toc, Im
         path: PathBuf::from("(image disk)"),
         source,
     };
-    let mut header = [0u8; 16];
+    let mut block = vec![0u8; ALIGN as usize];
     disk.seek(SeekFrom::Start(0)).map_err(io)?;
-    disk.read_exact(&mut header).map_err(io)?;
-    if &header[..8] != MAGIC {
-        return Err(ImageDiskError::BadMagic);
-    }
-    let version = u32::from_le_bytes([header[8], header[9], header[10], header[11]]);
-    if version != VERSION {
-        return Err(ImageDiskError::Version(version));
-    }
-    let len = u32::from_le_bytes([header[12], header[13], header[14], header[15]]);
+    disk.read_exact(&mut block).map_err(io)?;
+    let header = DiskHeader::decode(&block, disk_size)?;
+    let len = header.toc_len;
     if len == 0 || len > MAX_TOC || ALIGN + u64::from(len) > disk_size {
         return Err(ImageDiskError::BadToc(format!("length {len} out of range")));
     }
@@ -213,6 +227,17 @@ pub fn read_toc(disk: &mut (impl Read + Seek), disk_size: u64) -> Result<Toc, Im
             )));
         }
         next_free = end.unwrap_or(u64::MAX);
+    }
+    let same_layers = toc.layers.len() == header.layers.len()
+        && toc
+            .layers
+            .iter()
+            .zip(&header.layers)
+            .all(|(t, h)| (t.offset, t.size) == (h.offset, h.size));
+    if !same_layers {
+        return Err(ImageDiskError::BadToc(
+            "the layers differ from the header's layer table".into(),
+        ));
     }
     Ok(toc)
 }
@@ -288,13 +313,22 @@ mod tests {
 
         let mut bad = good.clone();
         bad[0] = b'X';
-        assert!(matches!(check(&bad), Err(ImageDiskError::BadMagic)));
+        assert!(matches!(
+            check(&bad),
+            Err(ImageDiskError::Header(DiskHeaderError::BadMagic))
+        ));
         let mut bad = good.clone();
         bad[8] = 9;
-        assert!(matches!(check(&bad), Err(ImageDiskError::Version(9))));
+        assert!(matches!(
+            check(&bad),
+            Err(ImageDiskError::Header(DiskHeaderError::Version(9)))
+        ));
         let mut bad = good.clone();
         bad[12..16].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(matches!(check(&bad), Err(ImageDiskError::BadToc(_))));
+        assert!(matches!(
+            check(&bad),
+            Err(ImageDiskError::Header(DiskHeaderError::Misplaced { .. }))
+        ));
         // A table pointing past the end of the disk, or into the table itself.
         let toc = check(&good).unwrap();
         for (offset, size) in [(toc.config.offset, u64::MAX), (0, 10), (4096 * 1000, 10)] {

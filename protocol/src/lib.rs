@@ -57,8 +57,11 @@
 //! | 7 | [`Signal`](Message::Signal) | host -> guest | `id: u32`, `signal: i32` |
 //! | 8 | [`Error`](Message::Error) | either | `id: u32`, `message: string` |
 //! | 9 | [`Shutdown`](Message::Shutdown) | host -> guest | (empty) |
+//! | 10 | [`RunContainer`](Message::RunContainer) | host -> guest | `id: u32`, `image_device: string`, `scratch_device: string`, `argv: string list`, `env: string list`, `cwd: string`, `user: string`, `hostname: string`, `stop_timeout_ms: u32` |
+//! | 11 | [`Stop`](Message::Stop) | host -> guest | `id: u32` |
+//! | 12 | [`Started`](Message::Started) | guest -> host | `id: u32`, `boot_ms: u64` |
 //!
-//! Validation beyond the encoding: `Exec.argv` must not be empty ([`ProtocolError::EmptyArgv`])
+//! Validation beyond the encoding: `Exec.argv` and `RunContainer.argv` must not be empty ([`ProtocolError::EmptyArgv`])
 //! and `Stdin`/`Output` data chunks are at most [`MAX_CHUNK`] (1 MiB,
 //! [`ProtocolError::ChunkTooLarge`]); larger data is sent as several chunks.
 //!
@@ -87,12 +90,13 @@
 //! No input makes any function here panic; every malformed input is a [`ProtocolError`].
 
 mod frame;
+pub mod image_disk;
 mod message;
 pub mod vsock;
 pub mod wire;
 
 pub use frame::{read_message, write_message, FrameReader};
-pub use message::{ExitStatus, Message, Stream};
+pub use message::{ContainerSpec, ExitStatus, Message, Stream};
 
 /// The protocol version this crate speaks, carried in every frame.
 pub const VERSION: u8 = 1;
@@ -155,7 +159,7 @@ pub enum ProtocolError {
     #[error("{0} unexpected bytes after the end of the message")]
     TrailingBytes(usize),
     /// An `Exec` without a program.
-    #[error("exec request with an empty argv")]
+    #[error("exec or run request with an empty argv")]
     EmptyArgv,
     /// A `Stdin` or `Output` data chunk larger than [`MAX_CHUNK`].
     #[error("data chunk of {len} bytes exceeds the maximum of {max} bytes")]

@@ -14,6 +14,9 @@ mod ty {
     pub const SIGNAL: u8 = 7;
     pub const ERROR: u8 = 8;
     pub const SHUTDOWN: u8 = 9;
+    pub const RUN_CONTAINER: u8 = 10;
+    pub const STOP: u8 = 11;
+    pub const STARTED: u8 = 12;
 }
 
 /// Which output stream of a command an [`Message::Output`] chunk comes from.
@@ -51,6 +54,30 @@ pub enum ExitStatus {
     Code(i32),
     /// It was killed by this signal (encoded as tag 1).
     Signal(i32),
+}
+
+/// What a container task runs: the image and scratch disks guest-init builds the root from, and
+/// the process, already merged from the image config and the task's overrides by the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerSpec {
+    /// The read-only image disk (a Skiff image disk: layer blobs and config), e.g. `/dev/vda`.
+    pub image_device: String,
+    /// The writable scratch disk (ext4) the root filesystem is unpacked onto, e.g. `/dev/vdb`.
+    pub scratch_device: String,
+    /// Program and arguments (Entrypoint + Cmd); must not be empty. A program without a `/` is
+    /// looked up in the container's `PATH`.
+    pub argv: Vec<String>,
+    /// The environment, `KEY=VALUE` strings.
+    pub env: Vec<String>,
+    /// The working directory inside the container (created if missing); empty means `/`.
+    pub cwd: String,
+    /// `uid`, `uid:gid`, `name` or `name:group` (names resolved through the image's `/etc/passwd`
+    /// and `/etc/group`); empty means root.
+    pub user: String,
+    /// The container's hostname; empty means guest-init's own.
+    pub hostname: String,
+    /// How long a stop request waits after SIGTERM before SIGKILL, in milliseconds.
+    pub stop_timeout_ms: u32,
 }
 
 /// One protocol message. See the crate documentation for directions and encodings.
@@ -121,6 +148,28 @@ pub enum Message {
     },
     /// host -> guest: power the guest off.
     Shutdown,
+    /// host -> guest: build the container's root from the image and run its process. guest-init
+    /// answers with [`Message::Started`] once the process runs, its [`Message::Output`], and
+    /// [`Message::Exited`]; a task that cannot start gets an [`Message::Error`] with the reason
+    /// first, then `Exited` with 125 (set-up failed), 126 (not executable) or 127 (not found).
+    RunContainer {
+        /// The container's id, chosen by the host like a command's.
+        id: u32,
+        /// What to run.
+        spec: ContainerSpec,
+    },
+    /// host -> guest: stop the container: SIGTERM, then SIGKILL after its stop timeout.
+    Stop {
+        /// The container's id.
+        id: u32,
+    },
+    /// guest -> host: the container's process is running (its program was executed).
+    Started {
+        /// The container's id.
+        id: u32,
+        /// Milliseconds since the guest kernel booted (`CLOCK_BOOTTIME`) when it started.
+        boot_ms: u64,
+    },
 }
 
 impl Message {
@@ -136,6 +185,9 @@ impl Message {
             Message::Signal { .. } => ty::SIGNAL,
             Message::Error { .. } => ty::ERROR,
             Message::Shutdown => ty::SHUTDOWN,
+            Message::RunContainer { .. } => ty::RUN_CONTAINER,
+            Message::Stop { .. } => ty::STOP,
+            Message::Started { .. } => ty::STARTED,
         }
     }
 
@@ -151,6 +203,9 @@ impl Message {
             Message::Signal { .. } => "Signal",
             Message::Error { .. } => "Error",
             Message::Shutdown => "Shutdown",
+            Message::RunContainer { .. } => "RunContainer",
+            Message::Stop { .. } => "Stop",
+            Message::Started { .. } => "Started",
         }
     }
 
@@ -171,6 +226,17 @@ impl Message {
                 4usize.saturating_add(wire::bytes_len(message.as_bytes()))
             }
             Message::Shutdown => 0,
+            Message::RunContainer { spec, .. } => 4usize
+                .saturating_add(wire::bytes_len(spec.image_device.as_bytes()))
+                .saturating_add(wire::bytes_len(spec.scratch_device.as_bytes()))
+                .saturating_add(wire::strs_len(&spec.argv))
+                .saturating_add(wire::strs_len(&spec.env))
+                .saturating_add(wire::bytes_len(spec.cwd.as_bytes()))
+                .saturating_add(wire::bytes_len(spec.user.as_bytes()))
+                .saturating_add(wire::bytes_len(spec.hostname.as_bytes()))
+                .saturating_add(4),
+            Message::Stop { .. } => 4,
+            Message::Started { .. } => 4 + 8,
         };
         body.saturating_add(2)
     }
@@ -181,6 +247,9 @@ impl Message {
     pub fn validate(&self) -> Result<(), ProtocolError> {
         match self {
             Message::Exec { argv, .. } if argv.is_empty() => return Err(ProtocolError::EmptyArgv),
+            Message::RunContainer { spec, .. } if spec.argv.is_empty() => {
+                return Err(ProtocolError::EmptyArgv)
+            }
             Message::Stdin { data, .. } | Message::Output { data, .. }
                 if data.len() > MAX_CHUNK =>
             {
@@ -260,6 +329,22 @@ impl Message {
                 wire::put_str(out, message);
             }
             Message::Shutdown => {}
+            Message::RunContainer { id, spec } => {
+                wire::put_u32(out, *id);
+                wire::put_str(out, &spec.image_device);
+                wire::put_str(out, &spec.scratch_device);
+                wire::put_strs(out, &spec.argv);
+                wire::put_strs(out, &spec.env);
+                wire::put_str(out, &spec.cwd);
+                wire::put_str(out, &spec.user);
+                wire::put_str(out, &spec.hostname);
+                wire::put_u32(out, spec.stop_timeout_ms);
+            }
+            Message::Stop { id } => wire::put_u32(out, *id),
+            Message::Started { id, boot_ms } => {
+                wire::put_u32(out, *id);
+                wire::put_u64(out, *boot_ms);
+            }
         }
         let len = out.len().saturating_sub(start).saturating_sub(LEN_SIZE);
         let len = u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes();
@@ -330,6 +415,26 @@ impl Message {
                 message: r.string("Error.message")?,
             },
             ty::SHUTDOWN => Message::Shutdown,
+            ty::RUN_CONTAINER => Message::RunContainer {
+                id: r.u32("RunContainer.id")?,
+                spec: ContainerSpec {
+                    image_device: r.string("RunContainer.image_device")?,
+                    scratch_device: r.string("RunContainer.scratch_device")?,
+                    argv: r.strings("RunContainer.argv")?,
+                    env: r.strings("RunContainer.env")?,
+                    cwd: r.string("RunContainer.cwd")?,
+                    user: r.string("RunContainer.user")?,
+                    hostname: r.string("RunContainer.hostname")?,
+                    stop_timeout_ms: r.u32("RunContainer.stop_timeout_ms")?,
+                },
+            },
+            ty::STOP => Message::Stop {
+                id: r.u32("Stop.id")?,
+            },
+            ty::STARTED => Message::Started {
+                id: r.u32("Started.id")?,
+                boot_ms: r.u64("Started.boot_ms")?,
+            },
             other => return Err(ProtocolError::UnknownType(other)),
         };
         r.finish()?;
@@ -404,6 +509,37 @@ pub(crate) mod tests {
                 message: "exec /nope: no such file or directory".into(),
             },
             Message::Shutdown,
+            Message::RunContainer {
+                id: 9,
+                spec: ContainerSpec {
+                    image_device: "/dev/vda".into(),
+                    scratch_device: "/dev/vdb".into(),
+                    argv: vec!["sh".into(), "-c".into(), "id -u".into()],
+                    env: vec!["PATH=/bin".into(), "FOO=bar".into()],
+                    cwd: "/data".into(),
+                    user: "1000:1000".into(),
+                    hostname: "task-1".into(),
+                    stop_timeout_ms: 10_000,
+                },
+            },
+            Message::RunContainer {
+                id: 1,
+                spec: ContainerSpec {
+                    image_device: String::new(),
+                    scratch_device: String::new(),
+                    argv: vec![String::new()],
+                    env: vec![],
+                    cwd: String::new(),
+                    user: String::new(),
+                    hostname: String::new(),
+                    stop_timeout_ms: u32::MAX,
+                },
+            },
+            Message::Stop { id: 9 },
+            Message::Started {
+                id: 9,
+                boot_ms: 812,
+            },
         ]
     }
 
@@ -652,7 +788,7 @@ pub(crate) mod tests {
                     *b = VERSION;
                 }
                 if let Some(b) = buf.get_mut(1) {
-                    *b = (rng.below(11)) as u8;
+                    *b = (rng.below(14)) as u8;
                 }
             }
             let _ = Message::decode(&buf);

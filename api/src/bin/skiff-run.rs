@@ -1,0 +1,177 @@
+//! `skiff-run`: runs one container image in its own microVM and exits with the container's exit
+//! status (128 + N when signal N killed it; 125 when the task could not start).
+//!
+//! ```text
+//! skiff-run --store /var/lib/skiff/images --image busybox:latest -- echo hello
+//! ```
+//!
+//! The container's stdout and stderr are this command's stdout and stderr. SIGTERM or SIGINT asks
+//! the container to stop (SIGTERM inside, SIGKILL after `--stop-timeout`).
+
+use std::io::Write;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use api::guest_control::ContainerEvent;
+use api::runner::{run_task, TaskConfig};
+use clap::Parser;
+use skiff_protocol::Stream;
+
+/// Exit status when the task cannot be run at all.
+const RUN_FAILED: i32 = 125;
+
+#[derive(Debug, Parser)]
+#[command(name = "skiff-run", version)]
+struct Args {
+    /// The image store directory.
+    #[arg(long, default_value = "/var/lib/skiff/images")]
+    store: PathBuf,
+    /// The image's name in the store (`skiff-image list`).
+    #[arg(long)]
+    image: String,
+    /// Replace the image's entrypoint (a single program; arguments go after `--`).
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// An environment variable for the container, KEY=VALUE (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    env: Vec<String>,
+    /// The working directory inside the container.
+    #[arg(long, short = 'w')]
+    workdir: Option<String>,
+    /// The user: uid, uid:gid, name or name:group.
+    #[arg(long, short = 'u')]
+    user: Option<String>,
+    /// The container's hostname.
+    #[arg(long, default_value = "skiff-task")]
+    hostname: String,
+    #[arg(long, default_value_t = 1)]
+    cpus: u8,
+    #[arg(long, default_value_t = 256)]
+    memory_mib: u64,
+    /// Size of the task's scratch disk (its writable root filesystem) in MiB.
+    #[arg(long, default_value_t = 20 * 1024)]
+    ephemeral_storage_mib: u64,
+    /// Seconds between SIGTERM and SIGKILL when the task is stopped.
+    #[arg(long, default_value_t = 10.0)]
+    stop_timeout: f64,
+    /// Seconds guest-init may take to come up.
+    #[arg(long, default_value_t = 120.0)]
+    boot_timeout: f64,
+    /// The skiff-vmm binary [default: next to this one, else in PATH].
+    #[arg(long)]
+    vmm: Option<PathBuf>,
+    /// The guest kernel (vmlinux).
+    #[arg(long, default_value = "/var/lib/skiff/vmlinux")]
+    kernel: PathBuf,
+    /// The guest initramfs with guest-init.
+    #[arg(long, default_value = "/var/lib/skiff/initramfs.cpio")]
+    initramfs: PathBuf,
+    /// Where task directories (scratch disk, sockets, console log) are made.
+    #[arg(long, default_value = "/run/skiff")]
+    run_dir: PathBuf,
+    /// Print the task's timings and the VMM's peak memory to stderr at the end.
+    #[arg(long)]
+    timings: bool,
+    /// The command (replaces the image's Cmd).
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+fn default_vmm() -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|exe| exe.parent().map(|d| d.join("skiff-vmm")))
+        .filter(|p| p.is_file())
+        .unwrap_or_else(|| PathBuf::from("skiff-vmm"))
+}
+
+/// A descriptor that becomes readable on SIGTERM or SIGINT (which are blocked, so they arrive
+/// only there).
+fn stop_signals() -> anyhow::Result<OwnedFd> {
+    // SAFETY: `set` is initialised by sigemptyset; the calls take valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        libc::sigaddset(&mut set, libc::SIGTERM);
+        libc::sigaddset(&mut set, libc::SIGINT);
+        if libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) != 0 {
+            anyhow::bail!("cannot block SIGTERM/SIGINT");
+        }
+        let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+        if fd < 0 {
+            return Err(std::io::Error::last_os_error()).context("signalfd");
+        }
+        Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<i32> {
+    let task = TaskConfig {
+        store: args.store,
+        image: args.image,
+        entrypoint: args.entrypoint.map(|e| vec![e]),
+        command: args.command,
+        env: args.env,
+        workdir: args.workdir,
+        user: args.user,
+        hostname: args.hostname,
+        vcpus: args.cpus,
+        memory_mib: args.memory_mib,
+        ephemeral_storage: args.ephemeral_storage_mib << 20,
+        stop_timeout: Duration::from_secs_f64(args.stop_timeout.max(0.0)),
+        boot_timeout: Duration::from_secs_f64(args.boot_timeout.max(0.0)),
+        vmm: args.vmm.unwrap_or_else(default_vmm),
+        kernel: args.kernel,
+        initramfs: args.initramfs,
+        run_dir: args.run_dir,
+    };
+    let stop = stop_signals()?;
+    let stdout = std::io::stdout();
+    let stderr = std::io::stderr();
+    let outcome = run_task(&task, Some(stop.as_fd()), |event| match event {
+        ContainerEvent::Output(Stream::Stdout, data) => {
+            let mut out = stdout.lock();
+            let _ = out.write_all(data).and_then(|()| out.flush());
+        }
+        ContainerEvent::Output(Stream::Stderr, data) => {
+            let _ = stderr.lock().write_all(data);
+        }
+        ContainerEvent::StopRequested => {
+            eprintln!("skiff-run: stopping the task (SIGTERM, then SIGKILL after the timeout)")
+        }
+        ContainerEvent::Started { .. } => {}
+    })
+    .context("cannot run the task")?;
+    if let Some(reason) = &outcome.container.reason {
+        eprintln!("skiff-run: {reason}");
+    }
+    if args.timings {
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        eprintln!(
+            "skiff-run: timings: hello {:.1} ms, started {} ms, exited {:.1} ms, vmm exit {:.1} ms; \
+             vmm peak rss {} KiB; status {:?}",
+            ms(outcome.to_hello),
+            outcome
+                .to_started
+                .map_or("-".into(), |d| format!("{:.1}", ms(d))),
+            ms(outcome.to_exited),
+            ms(outcome.to_vmm_exit),
+            outcome
+                .vmm_max_rss_kib
+                .map_or("-".into(), |k| k.to_string()),
+            outcome.container.status,
+        );
+    }
+    Ok(outcome.exit_code())
+}
+
+fn main() {
+    let args = Args::parse();
+    let code = run(args).unwrap_or_else(|e| {
+        eprintln!("skiff-run: {e:#}");
+        RUN_FAILED
+    });
+    std::process::exit(code)
+}
