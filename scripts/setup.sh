@@ -51,6 +51,8 @@ target/release/skiff-initramfs \
     --init target/x86_64-unknown-linux-gnu/release/skiff-init \
     --out target/guest/initramfs.cpio
 say "guest initramfs -> target/guest/initramfs.cpio ($(du -h target/guest/initramfs.cpio | cut -f1))"
+say "container test images -> target/test-images/ (cached in $cache/test-images)"
+scripts/build-test-images.sh
 
 # Debian's stock cloud kernel (what a user would otherwise boot under QEMU microvm).
 stock_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \

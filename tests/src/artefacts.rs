@@ -27,6 +27,20 @@ pub fn static_bin_dir() -> PathBuf {
         .unwrap_or_else(|| workspace_root().join("target/x86_64-unknown-linux-gnu/release"))
 }
 
+/// Where the container test images are (`SKIFF_TEST_IMAGES`, or `target/test-images`): OCI
+/// image layouts that scripts/build-test-images.sh builds (its header describes each image).
+pub fn test_images_dir() -> PathBuf {
+    std::env::var_os("SKIFF_TEST_IMAGES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| workspace_root().join("target/test-images"))
+}
+
+/// The OCI image layout of the container test image `name` (`busybox`, `httpd`, `layers`,
+/// `evil`, `large`), for `skiff-image import DIR NAME`.
+pub fn test_image(name: &str) -> PathBuf {
+    test_images_dir().join(name)
+}
+
 /// The build artefacts a test needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Artefact {
@@ -46,6 +60,8 @@ pub enum Artefact {
     BootBench,
     /// `skiff-probe` (static release build: it runs in the nested host and in guests)
     Probe,
+    /// A container test image's OCI layout directory, `target/test-images/NAME`
+    TestImage(&'static str),
 }
 
 impl Artefact {
@@ -60,6 +76,15 @@ impl Artefact {
             Artefact::SkiffJailer => static_bin_dir().join("skiff-jailer"),
             Artefact::BootBench => bin_dir().join("skiff-bootbench"),
             Artefact::Probe => static_bin_dir().join("skiff-probe"),
+            Artefact::TestImage(name) => test_image(name),
+        }
+    }
+
+    /// Whether it has been built (an image layout counts once its index.json is there).
+    fn exists(self) -> bool {
+        match self {
+            Artefact::TestImage(_) => self.path().join("index.json").is_file(),
+            _ => self.path().is_file(),
         }
     }
 
@@ -72,6 +97,7 @@ impl Artefact {
             | Artefact::SkiffVmm
             | Artefact::SkiffJailer
             | Artefact::Probe => "run scripts/setup.sh",
+            Artefact::TestImage(_) => "run scripts/setup.sh (or scripts/build-test-images.sh)",
             Artefact::BootBench => "run cargo build --release --workspace",
         }
     }
@@ -95,7 +121,7 @@ impl Need {
     /// `None` when satisfied, otherwise why not.
     fn missing(&self) -> Option<String> {
         match self {
-            Need::Artefact(a) => (!a.path().is_file())
+            Need::Artefact(a) => (!a.exists())
                 .then(|| format!("{} is missing ({})", a.path().display(), a.how_to_make())),
             Need::Kvm => std::fs::OpenOptions::new()
                 .read(true)
