@@ -18,6 +18,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 packages=(
     build-essential binutils bc bison flex libelf-dev cpio xz-utils linux-source-6.1
     qemu-system-x86 qemu-system-data busybox-static strace e2fsprogs iproute2
+    docker-registry skopeo openssl
 )
 missing=()
 for p in "${packages[@]}"; do

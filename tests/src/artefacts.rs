@@ -60,6 +60,8 @@ pub enum Artefact {
     BootBench,
     /// `skiff-probe` (static release build: it runs in the nested host and in guests)
     Probe,
+    /// `skiff-image` (release build)
+    SkiffImage,
     /// A container test image's OCI layout directory, `target/test-images/NAME`
     TestImage(&'static str),
 }
@@ -76,6 +78,7 @@ impl Artefact {
             Artefact::SkiffJailer => static_bin_dir().join("skiff-jailer"),
             Artefact::BootBench => bin_dir().join("skiff-bootbench"),
             Artefact::Probe => static_bin_dir().join("skiff-probe"),
+            Artefact::SkiffImage => bin_dir().join("skiff-image"),
             Artefact::TestImage(name) => test_image(name),
         }
     }
@@ -98,7 +101,7 @@ impl Artefact {
             | Artefact::SkiffJailer
             | Artefact::Probe => "run scripts/setup.sh",
             Artefact::TestImage(_) => "run scripts/setup.sh (or scripts/build-test-images.sh)",
-            Artefact::BootBench => "run cargo build --release --workspace",
+            Artefact::BootBench | Artefact::SkiffImage => "run cargo build --release --workspace",
         }
     }
 }

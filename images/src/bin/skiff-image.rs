@@ -1,13 +1,15 @@
-//! `skiff-image`: the host's image store from the command line — import an OCI image layout or a
-//! `docker save` archive,
-//! list, inspect, remove, build an image's disk for guests, and collect unreferenced blobs.
+//! `skiff-image`: the host's image store from the command line — pull an image from a registry,
+//! import an OCI image layout or a `docker save` archive, list, inspect, remove, build an image's
+//! disk for guests, and collect unreferenced blobs.
 
+use std::io::BufRead;
 use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use images::image_disk::ensure;
 use images::store::archive::import_archive;
 use images::store::oci::{image_config, import_layout};
+use images::store::registry::{pull, Credentials, PullOptions, Reference};
 use images::store::Store;
 
 #[derive(Debug, Parser)]
@@ -22,6 +24,26 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Pulls REF (`HOST[:PORT]/REPOSITORY[:TAG][@sha256:…]`) from its registry, over HTTPS unless
+    /// told otherwise; blobs already stored are not downloaded again.
+    Pull {
+        reference: String,
+        /// The image's name in the store (default: REF in full, `:latest` when it has no tag).
+        #[arg(long)]
+        name: Option<String>,
+        /// Plain HTTP instead of HTTPS.
+        #[arg(long, conflicts_with = "ca_file")]
+        plain_http: bool,
+        /// A PEM file of CA certificates to trust besides the built-in roots.
+        #[arg(long, value_name = "PEM")]
+        ca_file: Option<PathBuf>,
+        /// The user name for the registry (or its token service).
+        #[arg(long, requires = "password_stdin")]
+        username: Option<String>,
+        /// Reads the password from the first line of standard input.
+        #[arg(long, requires = "username")]
+        password_stdin: bool,
+    },
     /// Imports the OCI image layout in DIR as NAME (every blob checked against its digest).
     Import { dir: PathBuf, name: String },
     /// Imports a `docker save` archive (as NAME, or under the first tag it carries).
@@ -45,6 +67,38 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let store = Store::open(&args.store)?;
     match args.command {
+        Command::Pull {
+            reference,
+            name,
+            plain_http,
+            ca_file,
+            username,
+            password_stdin,
+        } => {
+            let reference: Reference = reference.parse()?;
+            let credentials = match (username, password_stdin) {
+                (Some(username), true) => {
+                    let mut password = String::new();
+                    std::io::stdin().lock().read_line(&mut password)?;
+                    let password = password.trim_end_matches(['\n', '\r']).to_owned();
+                    Some(Credentials { username, password })
+                }
+                _ => None,
+            };
+            let options = PullOptions {
+                plain_http,
+                ca_file,
+                credentials,
+            };
+            let name = name.unwrap_or_else(|| reference.to_string());
+            let (record, report) = pull(&store, &reference, &name, &options)?;
+            println!(
+                "{name} {} ({} layers)",
+                record.manifest,
+                record.layers.len()
+            );
+            println!("{report}");
+        }
         Command::Import { dir, name } => {
             let record = import_layout(&store, &dir, &name)?;
             println!(

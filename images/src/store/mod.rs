@@ -8,10 +8,15 @@
 //! - `images.json`: the images, replaced atomically (temp file, fsync, rename) under `lock`
 //!   (`flock`), so concurrent imports and removals do not lose each other's updates;
 //! - garbage collection deletes blobs no image references, under the same lock.
+//!
+//! Images come in from an OCI layout directory (`oci`), a `docker save` archive (`archive`) or
+//! an OCI distribution registry (`registry`), all through one all-or-nothing step
+//! ([`Store::all_or_nothing`]): a failed import leaves no new blob and no new name.
 
 pub mod archive;
 pub mod digest;
 pub mod oci;
+pub mod registry;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
@@ -306,12 +311,13 @@ impl Store {
     }
 
     /// Names `name` the image `record` (whose blobs must all be stored), replacing any image of
-    /// that name.
+    /// that name. The blobs are checked under the lock, so a concurrent failed import (which
+    /// deletes what it added under the same lock) cannot leave the image without one.
     pub fn tag(&self, name: &str, record: ImageRecord) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
         if let Some(missing) = record.blobs().find(|d| !self.has_blob(d)) {
             return Err(StoreError::MissingBlob(missing));
         }
-        let _lock = self.lock()?;
         let mut index = self.read_index()?;
         index.images.insert(name.to_owned(), record);
         self.write_index(&index)

@@ -1,6 +1,10 @@
 //! OCI image layouts (image-spec `oci-layout` directories): importing one into the store, every
 //! blob verified against its digest and size. Manifests in OCI and Docker v2 media types; an
 //! index (or Docker manifest list) resolves to its linux/amd64 manifest.
+//!
+//! That resolution (index → manifest → config → layers, each checked) is `fetch_image`, shared
+//! with registry pulls (`registry`): it reads blobs through a `BlobSource`, here the layout's
+//! `blobs/` directory.
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -17,6 +21,8 @@ pub const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 pub const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 pub const MEDIA_LAYER_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
 pub const MEDIA_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+/// An uncompressed Docker layer (what `skopeo copy --format v2s2` makes of a plain OCI one).
+pub const MEDIA_DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
 /// Layer media types guest-init can unpack.
 const LAYER_TYPES: &[&str] = &[
@@ -24,6 +30,7 @@ const LAYER_TYPES: &[&str] = &[
     MEDIA_LAYER_GZIP,
     MEDIA_LAYER_ZSTD,
     MEDIA_DOCKER_LAYER,
+    MEDIA_DOCKER_LAYER_TAR,
 ];
 
 /// Errors importing an image.
@@ -117,7 +124,7 @@ pub struct RunConfig {
     pub user: Option<String>,
 }
 
-fn parse<'a, T: Deserialize<'a>>(what: &str, data: &'a [u8]) -> Result<T, ImportError> {
+pub(crate) fn parse<'a, T: Deserialize<'a>>(what: &str, data: &'a [u8]) -> Result<T, ImportError> {
     serde_json::from_slice(data).map_err(|source| ImportError::Json {
         what: what.to_owned(),
         source,
@@ -154,16 +161,72 @@ fn import(
     }
     let index_path = dir.join("index.json");
     let index: Index = parse("index.json", &read_file(&index_path)?)?;
-    let mut desc = choose(&index.manifests, name)?.clone();
-    // An index inside: resolve it (once more at most) to the linux/amd64 manifest.
+    let desc = choose(&index.manifests, name)?.clone();
+    let record = fetch_image(store, &mut LayoutSource(dir), desc, name, added)?;
+    store.tag(name, record.clone())?;
+    Ok(record)
+}
+
+/// Where an image's blobs come from: an OCI layout directory, a registry.
+pub(crate) trait BlobSource {
+    type Error: From<ImportError> + From<StoreError>;
+
+    /// Puts blob `desc` into the store, verified against its digest and size, and lists it in
+    /// `added` when it is new. A blob already stored is not read again.
+    fn fetch(
+        &mut self,
+        store: &Store,
+        desc: &Descriptor,
+        added: &mut Vec<Digest>,
+    ) -> Result<(), Self::Error>;
+}
+
+/// The blobs of the OCI layout in a directory.
+struct LayoutSource<'a>(&'a Path);
+
+impl BlobSource for LayoutSource<'_> {
+    type Error = ImportError;
+
+    fn fetch(
+        &mut self,
+        store: &Store,
+        desc: &Descriptor,
+        added: &mut Vec<Digest>,
+    ) -> Result<(), ImportError> {
+        let path = self.0.join("blobs/sha256").join(desc.digest.hex());
+        let mut file = File::open(&path).map_err(|source| ImportError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        if store.put_blob(&desc.digest, Some(desc.size), &mut file)? == Stored::New {
+            added.push(desc.digest);
+        }
+        Ok(())
+    }
+}
+
+/// Whether `media_type` is that of an index (OCI) or manifest list (Docker).
+pub(crate) fn is_index(media_type: &str) -> bool {
+    matches!(media_type, MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST)
+}
+
+/// Stores the image `desc` names, from `source`: an index (or manifest list) resolves to its
+/// linux/amd64 manifest (see [`choose`]; `name`'s tag may pick one by its `ref.name`), then the
+/// manifest, its config (which must be linux/amd64) and its layers, every one verified. Returns
+/// the image without naming it.
+pub(crate) fn fetch_image<S: BlobSource>(
+    store: &Store,
+    source: &mut S,
+    mut desc: Descriptor,
+    name: &str,
+    added: &mut Vec<Digest>,
+) -> Result<ImageRecord, S::Error> {
+    // An index: resolve it (an index inside once more at most) to the linux/amd64 manifest.
     for _ in 0..2 {
-        if !matches!(
-            desc.media_type.as_str(),
-            MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST
-        ) {
+        if !is_index(&desc.media_type) {
             break;
         }
-        let data = copy_json_blob(store, dir, &desc, added)?;
+        let data = json_blob(store, source, &desc, added)?;
         let inner: Index = parse(&format!("index {}", desc.digest), &data)?;
         let _ = inner.media_type;
         desc = choose(&inner.manifests, name)?.clone();
@@ -175,11 +238,12 @@ fn import(
         return Err(ImportError::MediaType {
             what: format!("manifest {}", desc.digest),
             media_type: desc.media_type,
-        });
+        }
+        .into());
     }
-    let data = copy_json_blob(store, dir, &desc, added)?;
+    let data = json_blob(store, source, &desc, added)?;
     let manifest: Manifest = parse(&format!("manifest {}", desc.digest), &data)?;
-    let config_data = copy_json_blob(store, dir, &manifest.config, added)?;
+    let config_data = json_blob(store, source, &manifest.config, added)?;
     let config: ImageConfig = parse(
         &format!("image config {}", manifest.config.digest),
         &config_data,
@@ -188,7 +252,8 @@ fn import(
         return Err(ImportError::Platform {
             os: config.os,
             architecture: config.architecture,
-        });
+        }
+        .into());
     }
     let mut layers = Vec::new();
     for layer in &manifest.layers {
@@ -196,27 +261,29 @@ fn import(
             return Err(ImportError::MediaType {
                 what: format!("layer {}", layer.digest),
                 media_type: layer.media_type.clone(),
-            });
+            }
+            .into());
         }
-        copy_blob(store, dir, layer, added)?;
+        source.fetch(store, layer, added)?;
         layers.push(Layer {
             digest: layer.digest,
             media_type: layer.media_type.clone(),
             size: layer.size,
         });
     }
-    let record = ImageRecord {
+    Ok(ImageRecord {
         manifest: desc.digest,
         config: manifest.config.digest,
         layers,
-    };
-    store.tag(name, record.clone())?;
-    Ok(record)
+    })
 }
 
 /// The manifest to import: the only one, the one whose `ref.name` annotation is `name`'s tag, or
 /// the linux/amd64 one.
-fn choose<'a>(manifests: &'a [Descriptor], name: &str) -> Result<&'a Descriptor, ImportError> {
+pub(crate) fn choose<'a>(
+    manifests: &'a [Descriptor],
+    name: &str,
+) -> Result<&'a Descriptor, ImportError> {
     if let [only] = manifests {
         return Ok(only);
     }
@@ -245,35 +312,13 @@ fn read_file(path: &Path) -> Result<Vec<u8>, ImportError> {
     })
 }
 
-fn layout_blob(dir: &Path, digest: &Digest) -> PathBuf {
-    dir.join("blobs/sha256").join(digest.hex())
-}
-
-/// Copies a blob from the layout into the store, verified.
-fn copy_blob(
+/// Stores a JSON blob (index, manifest, config) from `source`, verified, and returns its content.
+fn json_blob<S: BlobSource>(
     store: &Store,
-    dir: &Path,
+    source: &mut S,
     desc: &Descriptor,
     added: &mut Vec<Digest>,
-) -> Result<(), ImportError> {
-    let path = layout_blob(dir, &desc.digest);
-    let mut file = File::open(&path).map_err(|source| ImportError::Read {
-        path: path.clone(),
-        source,
-    })?;
-    if store.put_blob(&desc.digest, Some(desc.size), &mut file)? == Stored::New {
-        added.push(desc.digest);
-    }
-    Ok(())
-}
-
-/// Copies a JSON blob into the store (verified) and returns its content.
-fn copy_json_blob(
-    store: &Store,
-    dir: &Path,
-    desc: &Descriptor,
-    added: &mut Vec<Digest>,
-) -> Result<Vec<u8>, ImportError> {
+) -> Result<Vec<u8>, S::Error> {
     if desc.size > super::MAX_JSON_BLOB {
         return Err(StoreError::TooLarge {
             digest: desc.digest,
@@ -281,7 +326,7 @@ fn copy_json_blob(
         }
         .into());
     }
-    copy_blob(store, dir, desc, added)?;
+    source.fetch(store, desc, added)?;
     Ok(store.read_json_blob(&desc.digest)?)
 }
 
