@@ -21,6 +21,8 @@ const GUEST_CID: u32 = 3;
 /// The image disk and the scratch disk, as the guest sees them (in `--disk` order).
 const IMAGE_DEVICE: &str = "/dev/vda";
 const SCRATCH_DEVICE: &str = "/dev/vdb";
+/// How long the VMM may take to exit once the guest was told to shut down.
+const VMM_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Errors running a task (not the container's own failures: those are its outcome).
@@ -48,8 +50,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
-    #[error("the VMM exited ({status}) before guest-init connected; console: {console}")]
-    VmmDied { status: String, console: String },
+    #[error("the VMM exited ({status}) before guest-init connected; its log and console:\n{log}")]
+    VmmDied { status: String, log: String },
     #[error("guest-init did not connect within {0:?}")]
     BootTimeout(Duration),
     #[error("control channel: {0}")]
@@ -100,8 +102,11 @@ pub struct TaskOutcome {
     pub to_started: Option<Duration>,
     pub to_exited: Duration,
     pub to_vmm_exit: Duration,
-    /// Peak resident memory of the VMM process in KiB, when known.
+    /// Peak resident memory of the VMM process in KiB (guest memory the guest touched included),
+    /// when known.
     pub vmm_max_rss_kib: Option<u64>,
+    /// Resident memory of the VMM beyond its guest's RAM when the container started, in KiB.
+    pub vmm_overhead_kib: Option<u64>,
 }
 
 impl TaskOutcome {
@@ -216,6 +221,11 @@ pub fn run_task(
     let uds = dir.0.join("v.sock");
     let listener = ControlListener::bind(&uds)?;
     let console = dir.0.join("console.log");
+    let vmm_log_path = dir.0.join("vmm.log");
+    let vmm_log = std::fs::File::create(&vmm_log_path).map_err(|source| RunError::TaskDir {
+        path: vmm_log_path.clone(),
+        source,
+    })?;
 
     let mut cmdline = String::from("console=ttyS0 reboot=k panic=-1 quiet skiff.control");
     if !task.hostname.is_empty() {
@@ -239,7 +249,7 @@ pub fn run_task(
         .args(["--cmdline", &cmdline])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
+        .stderr(vmm_log)
         .spawn()
         .map_err(|source| RunError::SpawnVmm {
             vmm: task.vmm.clone(),
@@ -256,7 +266,7 @@ pub fn run_task(
         if let Ok(Some(status)) = vmm.0.try_wait() {
             return Err(RunError::VmmDied {
                 status: status.to_string(),
-                console: tail(&console),
+                log: format!("{}\n{}", tail(&vmm_log_path), tail(&console)),
             });
         }
         if start.elapsed() > task.boot_timeout {
@@ -265,19 +275,19 @@ pub fn run_task(
     };
     let to_hello = start.elapsed();
     let mut to_started = None;
+    let mut vmm_overhead = None;
+    let vmm_pid = vmm.0.id();
+    let guest_bytes = task.memory_mib << 20;
     let container = control.run_container(&spec, stop, |event| {
         if let ContainerEvent::Started { .. } = event {
             to_started = Some(start.elapsed());
+            vmm_overhead = vmm_overhead_kib(vmm_pid, guest_bytes).ok();
         }
         on_event(event);
     })?;
     let to_exited = start.elapsed();
     control.shutdown()?;
-    let mut rusage: libc::rusage = unsafe_zeroed_rusage();
-    let mut status = 0;
-    let pid = vmm.0.id() as libc::pid_t;
-    // SAFETY: `status` and `rusage` are valid, writable; `pid` is our unreaped child.
-    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut rusage) };
+    let vmm_max_rss_kib = wait_vmm(&mut vmm, VMM_EXIT_TIMEOUT);
     let to_vmm_exit = start.elapsed();
     Ok(TaskOutcome {
         container,
@@ -285,13 +295,60 @@ pub fn run_task(
         to_started,
         to_exited,
         to_vmm_exit,
-        vmm_max_rss_kib: (reaped == pid).then_some(rusage.ru_maxrss as u64),
+        vmm_max_rss_kib,
+        vmm_overhead_kib: vmm_overhead,
     })
 }
 
-fn unsafe_zeroed_rusage() -> libc::rusage {
-    // SAFETY: rusage is plain data; all-zero is a valid value.
-    unsafe { std::mem::zeroed() }
+/// Resident KiB of process `pid` outside mappings at least as large as guest memory (the
+/// guest's RAM): what a VMM costs beyond the memory it gives its guest.
+pub fn vmm_overhead_kib(pid: u32, guest_bytes: u64) -> std::io::Result<u64> {
+    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut total = 0;
+    let mut in_guest_ram = false;
+    for line in smaps.lines() {
+        let first = line.split_whitespace().next().unwrap_or("");
+        if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
+            let (start, end) = (
+                u64::from_str_radix(start, 16).unwrap_or(0),
+                u64::from_str_radix(end, 16).unwrap_or(0),
+            );
+            in_guest_ram = end.saturating_sub(start) >= guest_bytes;
+        } else if let Some(rest) = line.strip_prefix("Rss:") {
+            if !in_guest_ram {
+                total += rest
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse::<u64>()
+                    .unwrap_or(0);
+            }
+        }
+    }
+    Ok(total)
+}
+
+/// Waits for the VMM to exit (killing it after `timeout`); returns its peak RSS in KiB.
+fn wait_vmm(vmm: &mut Vmm, timeout: Duration) -> Option<u64> {
+    let pid = vmm.0.id() as libc::pid_t;
+    let deadline = Instant::now() + timeout;
+    loop {
+        // SAFETY: rusage is plain data; all-zero is a valid value.
+        let mut rusage: libc::rusage = unsafe { std::mem::zeroed() };
+        let mut status = 0;
+        // SAFETY: `status` and `rusage` are valid and writable; `pid` is our unreaped child.
+        let reaped = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut rusage) };
+        if reaped == pid {
+            return u64::try_from(rusage.ru_maxrss).ok();
+        }
+        if reaped < 0 {
+            return None;
+        }
+        if Instant::now() >= deadline {
+            let _ = vmm.0.kill();
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 #[cfg(test)]

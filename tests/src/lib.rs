@@ -2,6 +2,7 @@
 //! processes with deadlines, QEMU TCG runs of the guest, and the nested test host.
 
 pub mod artefacts;
+pub mod containers;
 pub mod guest_console;
 pub mod guest_image;
 pub mod jail_run;

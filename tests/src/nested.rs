@@ -148,6 +148,36 @@ impl NestedHost {
         Ok(self)
     }
 
+    /// Adds every file under the host directory `host_dir` below `path` (symlinks and special
+    /// files are skipped).
+    pub fn dir(&mut self, path: &str, host_dir: &Path) -> Result<&mut Self, NestedError> {
+        let read = |dir: &Path| {
+            std::fs::read_dir(dir).map_err(|source| NestedError::Prepare {
+                path: dir.to_owned(),
+                source,
+            })
+        };
+        let mut pending = vec![(path.trim_end_matches('/').to_owned(), host_dir.to_owned())];
+        while let Some((nested, host)) = pending.pop() {
+            for entry in read(&host)? {
+                let entry = entry.map_err(|source| NestedError::Prepare {
+                    path: host.clone(),
+                    source,
+                })?;
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let (nested_path, host_path) = (format!("{nested}/{name}"), entry.path());
+                match entry.file_type() {
+                    Ok(t) if t.is_dir() => pending.push((nested_path, host_path)),
+                    Ok(t) if t.is_file() => {
+                        self.fs.host_file(&nested_path, &host_path, None)?;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        Ok(self)
+    }
+
     /// Adds a dynamically linked host binary and its shared libraries.
     pub fn binary(&mut self, path: &str, host_path: &Path) -> Result<&mut Self, NestedError> {
         self.fs.host_binary(path, host_path)?;

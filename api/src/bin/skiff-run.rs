@@ -151,7 +151,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         eprintln!(
             "skiff-run: timings: hello {:.1} ms, started {} ms, exited {:.1} ms, vmm exit {:.1} ms; \
-             vmm peak rss {} KiB; status {:?}",
+             vmm peak rss {} KiB, overhead {} KiB; status {:?}",
             ms(outcome.to_hello),
             outcome
                 .to_started
@@ -160,6 +160,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
             ms(outcome.to_vmm_exit),
             outcome
                 .vmm_max_rss_kib
+                .map_or("-".into(), |k| k.to_string()),
+            outcome
+                .vmm_overhead_kib
                 .map_or("-".into(), |k| k.to_string()),
             outcome.container.status,
         );

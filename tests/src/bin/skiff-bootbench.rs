@@ -154,32 +154,10 @@ fn qemu(args: &Args, name: &'static str, kernel: &Path) -> Subject {
     }
 }
 
-/// Resident KiB of `pid` outside mappings at least as large as guest memory (the guest's RAM).
+/// Resident KiB of `pid` outside its guest RAM.
 fn overhead_kib(pid: u32, guest_bytes: u64) -> anyhow::Result<u64> {
-    let smaps = std::fs::read_to_string(format!("/proc/{pid}/smaps"))
-        .with_context(|| format!("reading /proc/{pid}/smaps"))?;
-    let mut total = 0;
-    let mut in_guest_ram = false;
-    for line in smaps.lines() {
-        let first = line.split_whitespace().next().unwrap_or("");
-        if let Some((start, end)) = first.split_once('-').filter(|_| !first.ends_with(':')) {
-            let (start, end) = (
-                u64::from_str_radix(start, 16).unwrap_or(0),
-                u64::from_str_radix(end, 16).unwrap_or(0),
-            );
-            in_guest_ram = end.saturating_sub(start) >= guest_bytes;
-        } else if let Some(rest) = line.strip_prefix("Rss:") {
-            if !in_guest_ram {
-                total += rest
-                    .trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .unwrap_or(0);
-            }
-        }
-    }
-    Ok(total)
+    api::runner::vmm_overhead_kib(pid, guest_bytes)
+        .with_context(|| format!("reading /proc/{pid}/smaps"))
 }
 
 fn boot_once(subject: &Subject, args: &Args) -> anyhow::Result<Sample> {

@@ -1,0 +1,175 @@
+//! Container tasks end to end: `skiff-run` inside the nested test host runs the test images
+//! (built by `scripts/build-test-images.sh` from Debian's busybox-static) in real microVMs on
+//! `skiff-vmm`: output and exit codes, a SIGKILLed process, env/workdir/user, the layer
+//! semantics (whiteouts, opaque directories, hard links, owners), 50 MiB on stdout and stderr in
+//! order, stop requests (a process that exits on SIGTERM, one that ignores it and is killed after
+//! the stop timeout), a missing program, and a layer with `../` entries failing the task cleanly.
+
+use skiff_tests::artefacts::{require, workspace_root, Artefact, Need};
+use skiff_tests::containers::{
+    container_host, import_test_images, CONTAINER_ARTEFACTS, RUN_FUNCTION,
+};
+use skiff_tests::nested::case;
+
+/// Lines of `seq` per stream: about 25 MiB each, 50 MiB in all.
+const SEQ_LINES: u32 = 3_200_000;
+
+/// Starts `skiff-run ARGS` in the background writing to FILE, waits until it printed `ready`, sends
+/// it SIGTERM and waits for it.
+fn stop_case(file: &str, args: &str) -> String {
+    format!(
+        "$SKIFF_RUN {args} > {file} 2>&1 &\n\
+         p=$!\n\
+         i=0; while ! grep -q ready {file} && [ $i -lt 1200 ]; do sleep 0.1; i=$((i+1)); done\n\
+         kill -TERM $p; wait $p; s=$?; cat {file}; exit $s"
+    )
+}
+
+#[test]
+fn containers_run_from_images_in_their_own_microvms() {
+    let mut needs: Vec<Need> = CONTAINER_ARTEFACTS
+        .iter()
+        .map(|a| Need::Artefact(*a))
+        .collect();
+    for image in ["busybox", "layers", "evil"] {
+        needs.push(Need::Artefact(Artefact::TestImage(image)));
+    }
+    needs.push(Need::Program("qemu-system-x86_64"));
+    needs.push(Need::Program("mkfs.ext4"));
+    if !require("nested_containers", &needs) {
+        return;
+    }
+    let store = workspace_root().join(format!("target/nested/containers-{}", std::process::id()));
+    import_test_images(&store, &["busybox", "layers", "evil"]).unwrap();
+    let host = container_host(&store).unwrap();
+
+    let bb = "--image busybox:latest";
+    let mut script = String::from(RUN_FUNCTION);
+    for (name, command) in [
+        ("hello", format!("run {bb} -- echo hello")),
+        ("exit3", format!("run {bb} -- sh -c 'exit 3'")),
+        ("sigkill", format!("run {bb} -- sh -c 'kill -9 $$'")),
+        ("missing", format!("run {bb} -- no-such-program")),
+        (
+            "user",
+            format!(
+                "run {bb} --hostname task-7 -u 1000:1000 -w /work -e FOO=bar -- \
+                 sh -c 'id -u; id -g; pwd; echo $FOO; hostname; cat /etc/hostname; \
+                 grep task-7 /etc/hosts; touch /tmp/x && echo tmp-ok'"
+            ),
+        ),
+        ("named-user", format!("run {bb} -u app -- sh -c 'id -un; echo $HOME'")),
+        (
+            "layers",
+            "run --image layers:latest -- sh -c 'pwd; echo $FOO; ls -A | busybox sort | \
+             busybox tr \"\\n\" \" \"; echo; cat keep; echo; ls -A dir; \
+             [ $(busybox stat -c %i hl-src) = $(busybox stat -c %i hl-dst) ] && echo same-inode; \
+             busybox readlink sym; busybox stat -c \"%u:%g %a\" owned'"
+                .into(),
+        ),
+        (
+            "streams",
+            format!(
+                "run {bb} -- sh -c 'busybox seq 1 {SEQ_LINES} >&2 & busybox seq 1 {SEQ_LINES}; wait' \
+                 > /tmp/out 2> /tmp/err; s=$?\n\
+                 busybox seq 1 {SEQ_LINES} > /tmp/expected\n\
+                 cmp /tmp/out /tmp/expected && echo stdout-in-order\n\
+                 cmp /tmp/err /tmp/expected && echo stderr-in-order\n\
+                 wc -c /tmp/out /tmp/err; rm -f /tmp/out /tmp/err /tmp/expected; (exit $s)"
+            ),
+        ),
+        (
+            "stop-graceful",
+            stop_case(
+                "/tmp/stop1",
+                &format!(
+                    "{bb} -- sh -c 'trap \"echo got-term; exit 0\" TERM; echo ready; sleep 1000 & wait'"
+                ),
+            ),
+        ),
+        (
+            "stop-timeout",
+            stop_case(
+                "/tmp/stop2",
+                &format!(
+                    "{bb} --stop-timeout 2 -- sh -c 'trap \"\" TERM; echo ready; while :; do sleep 1; done'"
+                ),
+            ),
+        ),
+        ("evil", "run --image evil:latest -- true".into()),
+    ] {
+        script.push_str(&case(name, &format!("({command})")));
+    }
+    let run = host.run(&script).unwrap();
+    let _ = std::fs::remove_dir_all(&store);
+    let console = &run.console;
+    let case = |name: &str| {
+        run.case(name)
+            .unwrap_or_else(|| panic!("case {name} missing:\n{console}"))
+    };
+
+    assert_eq!(case("hello"), ("hello\n".into(), 0));
+    assert_eq!(case("exit3").1, 3, "{console}");
+    assert_eq!(case("sigkill").1, 128 + 9, "{console}");
+    let (out, status) = case("missing");
+    assert_eq!(status, 127, "{out}");
+    assert!(out.contains("\"no-such-program\""), "{out}");
+
+    let (out, status) = case("user");
+    assert_eq!(status, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "1000",
+            "1000",
+            "/work",
+            "bar",
+            "task-7",
+            "task-7",
+            "127.0.1.1\ttask-7",
+            "tmp-ok"
+        ],
+        "{out}"
+    );
+    assert_eq!(
+        case("named-user"),
+        ("app\n/home/app\n".into(), 0),
+        "{console}"
+    );
+
+    let (out, status) = case("layers");
+    assert_eq!(status, 0, "{out}");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(
+        lines,
+        [
+            "/data",
+            "from-image",
+            "dir hl-dst hl-src keep orig owned sym ",
+            "v3",
+            "c",
+            "same-inode",
+            "keep",
+            "1000:1000 640",
+        ],
+        "{out}"
+    );
+
+    let (out, status) = case("streams");
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("stdout-in-order"), "{out}");
+    assert!(out.contains("stderr-in-order"), "{out}");
+
+    let (out, status) = case("stop-graceful");
+    assert_eq!(status, 0, "{out}");
+    assert!(out.contains("got-term"), "{out}");
+    let (out, status) = case("stop-timeout");
+    assert_eq!(status, 128 + 9, "{out}");
+    assert!(out.contains("killed with SIGKILL"), "{out}");
+
+    let (out, status) = case("evil");
+    assert_eq!(status, 125, "{out}");
+    assert!(out.contains("leaves the root"), "{out}");
+    assert!(out.contains("../escaped"), "{out}");
+}
