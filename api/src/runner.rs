@@ -96,8 +96,9 @@ pub struct TaskConfig {
 #[derive(Debug, Clone)]
 pub struct TaskOutcome {
     pub container: ContainerOutcome,
-    /// Time from the runner's start to guest-init's hello, to the container's start, to its
-    /// exit, and to the VMM's exit.
+    /// Time from the runner's start to the VMM's start (the disks are ready), to guest-init's
+    /// hello, to the container's start, to its exit, and to the VMM's exit.
+    pub to_vmm_spawn: Duration,
     pub to_hello: Duration,
     pub to_started: Option<Duration>,
     pub to_exited: Duration,
@@ -231,6 +232,7 @@ pub fn run_task(
     if !task.hostname.is_empty() {
         cmdline.push_str(&format!(" skiff.hostname={}", task.hostname));
     }
+    let to_vmm_spawn = start.elapsed();
     let mut vmm = Vmm(Command::new(&task.vmm)
         .arg("--kernel")
         .arg(&task.kernel)
@@ -291,6 +293,7 @@ pub fn run_task(
     let to_vmm_exit = start.elapsed();
     Ok(TaskOutcome {
         container,
+        to_vmm_spawn,
         to_hello,
         to_started,
         to_exited,

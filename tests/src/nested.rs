@@ -20,6 +20,12 @@ const BUSYBOX: &str = "/bin/busybox";
 /// `--append kvm.tdp_mmu=0` (see `scripts/bench-jailer.sh`).
 const NESTED_KVM_PARAMS: &str = "";
 
+/// The nested host's kernel command line. Its random pool is seeded from the CPU
+/// (`random.trust_cpu=on`: RDRAND, which `-cpu max` emulates), as a real host's is by its
+/// hardware; without it the pool stays uninitialised for long and programs that want random
+/// numbers (`mkfs.ext4`'s UUIDs) stall.
+const NESTED_CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init random.trust_cpu=on";
+
 /// Printed by the host's init with the script's exit status.
 const EXIT_MARKER: &str = "SKIFF-NESTED-EXIT=";
 
@@ -239,10 +245,7 @@ impl NestedHost {
                 .arg("-initrd")
                 .arg(&initrd)
                 .arg("-append")
-                .arg(format!(
-                    "console=ttyS0 panic=-1 quiet rdinit=/init{}",
-                    self.extra_cmdline
-                )),
+                .arg(format!("{NESTED_CMDLINE}{}", self.extra_cmdline)),
             self.timeout,
         );
         let _ = std::fs::remove_file(&initrd);

@@ -150,8 +150,9 @@ fn run(args: Args) -> anyhow::Result<i32> {
     if args.timings {
         let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         eprintln!(
-            "skiff-run: timings: hello {:.1} ms, started {} ms, exited {:.1} ms, vmm exit {:.1} ms; \
+            "skiff-run: timings: vmm spawn {:.1} ms, hello {:.1} ms, started {} ms, exited {:.1} ms, vmm exit {:.1} ms; \
              vmm peak rss {} KiB, overhead {} KiB; status {:?}",
+            ms(outcome.to_vmm_spawn),
             ms(outcome.to_hello),
             outcome
                 .to_started
