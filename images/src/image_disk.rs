@@ -303,6 +303,20 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_guest_init_cannot_unpack_is_refused_when_the_disk_is_built() {
+        let (root, store, mut record) = setup("media");
+        record.layers[1].media_type = "application/vnd.oci.image.layer.v1.tar+bzip2".into();
+        let err = ensure(&store, &root, &record).unwrap_err();
+        assert!(
+            matches!(err, ImageDiskError::UnsupportedLayer { .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("tar+bzip2"), "{err}");
+        assert!(!disk_path(&root, &record).exists());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
     fn hostile_disks_are_refused_before_any_offset_is_used() {
         let (root, store, record) = setup("hostile");
         let path = root.join("d.img");
