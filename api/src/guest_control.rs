@@ -39,7 +39,18 @@ pub enum ControlError {
     NoHello(&'static str),
     #[error("guest-init: {0}")]
     Guest(String),
+    #[error("the container was still running {0:?} after the stop request")]
+    StopUnanswered(Duration),
+    #[error("stopped again while stopping: giving up on the container")]
+    Aborted,
 }
+
+/// How long guest-init may take to say hello once connected.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long past its stop timeout a container may take to be reported gone.
+const STOP_GRACE: Duration = Duration::from_secs(30);
+/// How long guest-init may take to close the channel after `Shutdown`.
+const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where guest-init's connection arrives for a VMM whose vsock socket is `vsock_uds`.
 pub fn control_socket_path(vsock_uds: &Path) -> PathBuf {
@@ -85,7 +96,7 @@ impl ControlListener {
             return Err(ControlError::Timeout(timeout));
         }
         let (mut stream, _) = self.listener.accept()?;
-        stream.set_read_timeout(Some(timeout))?;
+        stream.set_read_timeout(Some(HELLO_TIMEOUT))?;
         let hello = read_message(&mut stream)?.ok_or(ControlError::Closed)?;
         stream.set_read_timeout(None)?;
         match hello {
@@ -209,8 +220,10 @@ impl GuestControl {
     }
 
     /// Runs a container task in the guest: passes each piece of output to `on_output` as it
-    /// arrives and, when `stop` becomes readable, asks guest-init once to stop the container
-    /// (SIGTERM, then SIGKILL after the spec's stop timeout; the caller drains `stop`).
+    /// arrives and, when `stop` becomes readable (it is drained here: a signalfd, eventfd or
+    /// pipe), asks guest-init to stop the container (SIGTERM, then SIGKILL after the spec's stop
+    /// timeout). A second stop, or a container still reported running well after its stop
+    /// timeout, gives up with an error (the caller then kills the VM).
     pub fn run_container(
         &mut self,
         spec: &ContainerSpec,
@@ -228,6 +241,8 @@ impl GuestControl {
         )?;
         let mut reason = None;
         let mut stop_sent = false;
+        let mut stop_deadline: Option<std::time::Instant> = None;
+        let stop_wait = Duration::from_millis(u64::from(spec.stop_timeout_ms)) + STOP_GRACE;
         let mut frames = FrameReader::new();
         let mut buf = vec![0u8; 256 << 10];
         loop {
@@ -258,15 +273,19 @@ impl GuestControl {
                 events: libc::POLLIN,
                 revents: 0,
             }];
-            if let (Some(fd), false) = (stop, stop_sent) {
+            if let Some(fd) = stop {
                 fds.push(libc::pollfd {
                     fd: fd.as_raw_fd(),
                     events: libc::POLLIN,
                     revents: 0,
                 });
             }
+            let timeout = stop_deadline.map_or(-1, |at| {
+                let left = at.saturating_duration_since(std::time::Instant::now());
+                libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX)
+            });
             // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
             if n < 0 {
                 let err = std::io::Error::last_os_error();
                 if err.kind() == std::io::ErrorKind::Interrupted {
@@ -274,9 +293,20 @@ impl GuestControl {
                 }
                 return Err(err.into());
             }
+            if stop_deadline.is_some_and(|at| std::time::Instant::now() >= at) {
+                return Err(ControlError::StopUnanswered(stop_wait));
+            }
             if fds.get(1).is_some_and(|p| p.revents != 0) {
+                let mut drain = [0u8; 256];
+                // SAFETY: `drain` is valid for writes of its length; the fd is non-blocking or
+                // readable.
+                unsafe { libc::read(fds[1].fd, drain.as_mut_ptr().cast(), drain.len()) };
+                if stop_sent {
+                    return Err(ControlError::Aborted);
+                }
                 write_message(&mut self.stream, &Message::Stop { id })?;
                 stop_sent = true;
+                stop_deadline = Some(std::time::Instant::now() + stop_wait);
                 on_event(ContainerEvent::StopRequested);
             }
             if fds[0].revents != 0 {
@@ -298,7 +328,8 @@ impl GuestControl {
     /// Asks guest-init to power the guest off.
     pub fn shutdown(mut self) -> Result<(), ControlError> {
         write_message(&mut self.stream, &Message::Shutdown)?;
-        // Wait for guest-init to close its end (the guest is going down).
+        // Wait (a while) for guest-init to close its end (the guest is going down).
+        self.stream.set_read_timeout(Some(SHUTDOWN_TIMEOUT))?;
         let mut buf = [0u8; 64];
         while matches!(self.stream.read(&mut buf), Ok(n) if n > 0) {}
         let _ = self.stream.flush();

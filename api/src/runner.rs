@@ -4,6 +4,7 @@
 //! and exit status. `skiff-run` is this as a command; skiffd's tasks build on it.
 
 use std::os::fd::BorrowedFd;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -38,6 +39,8 @@ pub enum RunError {
     Scratch(#[from] ScratchError),
     #[error("the image defines no command and the task gives none")]
     NoCommand,
+    #[error("hostname {name:?}: {reason}")]
+    Hostname { name: String, reason: &'static str },
     #[error("task directory {path}: {source}")]
     TaskDir {
         path: PathBuf,
@@ -76,6 +79,8 @@ pub struct TaskConfig {
     /// Replaces the image's User.
     pub user: Option<String>,
     pub hostname: String,
+    /// The task's network interface, if it has one.
+    pub network: Option<TaskNetwork>,
     pub vcpus: u8,
     pub memory_mib: u64,
     /// Size of the scratch disk in bytes.
@@ -90,6 +95,45 @@ pub struct TaskConfig {
     /// Where the task's directory is made (its scratch disk, sockets and console log); removed
     /// when the task ends.
     pub run_dir: PathBuf,
+}
+
+/// A task's network interface: `eth0` in the guest, backed by a host tap that exists already.
+#[derive(Debug, Clone)]
+pub struct TaskNetwork {
+    /// The host tap's name.
+    pub tap: String,
+    /// The guest's address and prefix length.
+    pub address: std::net::Ipv4Addr,
+    pub prefix_len: u8,
+    /// The default gateway, if any.
+    pub gateway: Option<std::net::Ipv4Addr>,
+    /// Name servers for the container's /etc/resolv.conf.
+    pub dns: Vec<std::net::IpAddr>,
+}
+
+/// The guest kernel command line of a task: guest-init's control channel, and the hostname and
+/// network settings (values the host checked, so none can add a parameter of its own).
+fn kernel_cmdline(task: &TaskConfig) -> Result<String, RunError> {
+    let mut cmdline = String::from("console=ttyS0 reboot=k panic=-1 quiet skiff.control");
+    if !task.hostname.is_empty() {
+        if let Some(reason) = skiff_protocol::names::hostname_problem(&task.hostname) {
+            return Err(RunError::Hostname {
+                name: task.hostname.clone(),
+                reason,
+            });
+        }
+        cmdline.push_str(&format!(" skiff.hostname={}", task.hostname));
+    }
+    if let Some(net) = &task.network {
+        cmdline.push_str(&format!(" skiff.ip={}/{}", net.address, net.prefix_len));
+        if let Some(gateway) = net.gateway {
+            cmdline.push_str(&format!(" skiff.gw={gateway}"));
+        }
+        for server in &net.dns {
+            cmdline.push_str(&format!(" skiff.dns={server}"));
+        }
+    }
+    Ok(cmdline)
 }
 
 /// How a task went.
@@ -166,6 +210,9 @@ pub fn container_spec(task: &TaskConfig, image: &RunConfig) -> Result<ContainerS
     })
 }
 
+/// Numbers the tasks of this process (their directories are named by pid and number).
+static NEXT_TASK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
 /// The task's own directory, removed when dropped.
 struct TaskDir(PathBuf);
 
@@ -201,6 +248,7 @@ pub fn run_task(
     mut on_event: impl FnMut(ContainerEvent<'_>),
 ) -> Result<TaskOutcome, RunError> {
     let start = Instant::now();
+    kernel_cmdline(task)?;
     let store = Store::open(&task.store)?;
     let record = store.get(&task.image)?;
     let config = image_config(&store, &record)?;
@@ -210,8 +258,10 @@ pub fn run_task(
     let dir = task.run_dir.join(format!(
         "task-{}-{}",
         std::process::id(),
-        start.elapsed().as_nanos()
+        NEXT_TASK.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
+    // Left over by a process of the same pid that was killed: nobody owns it any more.
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|source| RunError::TaskDir {
         path: dir.clone(),
         source,
@@ -228,12 +278,23 @@ pub fn run_task(
         source,
     })?;
 
-    let mut cmdline = String::from("console=ttyS0 reboot=k panic=-1 quiet skiff.control");
-    if !task.hostname.is_empty() {
-        cmdline.push_str(&format!(" skiff.hostname={}", task.hostname));
-    }
+    let cmdline = kernel_cmdline(task)?;
     let to_vmm_spawn = start.elapsed();
-    let mut vmm = Vmm(Command::new(&task.vmm)
+    let mut vmm_command = Command::new(&task.vmm);
+    // SAFETY: prctl in the forked child before exec; no allocation, no locks.
+    unsafe {
+        vmm_command.pre_exec(|| {
+            // The VM does not outlive its runner.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    if let Some(net) = &task.network {
+        vmm_command.arg("--net").arg(format!("tap={}", net.tap));
+    }
+    let mut vmm = Vmm(vmm_command
         .arg("--kernel")
         .arg(&task.kernel)
         .arg("--initrd")
@@ -368,6 +429,7 @@ mod tests {
             workdir: None,
             user: None,
             hostname: "t1".into(),
+            network: None,
             vcpus: 1,
             memory_mib: 256,
             ephemeral_storage: scratch_disk::DEFAULT_SIZE,
@@ -418,6 +480,25 @@ mod tests {
         );
         t.command.clear();
         assert_eq!(container_spec(&t, &image).unwrap().argv, ["sh", "-c"]);
+    }
+
+    #[test]
+    fn the_kernel_command_line_carries_only_checked_values() {
+        let mut t = task();
+        t.network = Some(TaskNetwork {
+            tap: "tap0".into(),
+            address: "172.16.0.2".parse().unwrap(),
+            prefix_len: 30,
+            gateway: Some("172.16.0.1".parse().unwrap()),
+            dns: vec!["172.16.0.1".parse().unwrap()],
+        });
+        assert_eq!(
+            kernel_cmdline(&t).unwrap(),
+            "console=ttyS0 reboot=k panic=-1 quiet skiff.control skiff.hostname=t1 \
+             skiff.ip=172.16.0.2/30 skiff.gw=172.16.0.1 skiff.dns=172.16.0.1"
+        );
+        t.hostname = "x skiff.panic".into();
+        assert!(matches!(kernel_cmdline(&t), Err(RunError::Hostname { .. })));
     }
 
     #[test]

@@ -20,6 +20,13 @@ pub fn enable() -> bool {
     ok
 }
 
+/// Gives up access to the report ports (in a container's process before exec: `ioperm` rights
+/// survive fork and exec, and the container must not report for init).
+pub fn revoke() {
+    // SAFETY: ioperm only changes this process's I/O permission bitmap.
+    unsafe { libc::ioperm(u64::from(REPORT_PORT_BASE), REPORT_PORT_LEN, 0) };
+}
+
 fn outb(port: u16, value: u8) {
     if !ENABLED.load(Ordering::Relaxed) {
         return;

@@ -2,6 +2,8 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use skiff_protocol::names::hostname_problem;
+
 /// Errors in the settings.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingsError {
@@ -40,8 +42,6 @@ pub enum SettingsError {
 const MIN_MTU: u32 = 68;
 /// The largest MTU `skiff.mtu` accepts.
 const MAX_MTU: u32 = 65535;
-/// Linux's limit on a hostname (`HOST_NAME_MAX`).
-const MAX_HOSTNAME_LEN: usize = 64;
 /// Linux's limit on an interface name, without the NUL (`IFNAMSIZ - 1`).
 const MAX_IFACE_LEN: usize = 15;
 /// The interface `skiff.ip`, `skiff.gw` and `skiff.mtu` apply to unless `skiff.iface` says.
@@ -192,34 +192,6 @@ fn parse_mtu(value: &str) -> Result<u32, SettingsError> {
         .ok()
         .filter(|mtu| (MIN_MTU..=MAX_MTU).contains(mtu) && !value.starts_with('+'))
         .ok_or_else(|| SettingsError::Mtu(value.to_owned()))
-}
-
-/// Why `name` is not a valid hostname (RFC 1123 labels, at most 64 characters), if it is not.
-fn hostname_problem(name: &str) -> Option<&'static str> {
-    if name.is_empty() {
-        return Some("empty");
-    }
-    if name.len() > MAX_HOSTNAME_LEN {
-        return Some("longer than 64 characters");
-    }
-    for label in name.split('.') {
-        if label.is_empty() {
-            return Some("empty label (leading, trailing or double '.')");
-        }
-        if !label
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        {
-            return Some("a character other than a letter, digit, '-' or '.'");
-        }
-        if label.starts_with('-') || label.ends_with('-') {
-            return Some("a label starts or ends with '-'");
-        }
-        if label.len() > 63 {
-            return Some("a label is longer than 63 characters");
-        }
-    }
-    None
 }
 
 fn parse_hostname(value: &str) -> Result<String, SettingsError> {

@@ -92,6 +92,7 @@
 mod frame;
 pub mod image_disk;
 mod message;
+pub mod names;
 pub mod vsock;
 pub mod wire;
 

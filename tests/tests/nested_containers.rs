@@ -3,7 +3,8 @@
 //! `skiff-vmm`: output and exit codes, a SIGKILLed process, env/workdir/user, the layer
 //! semantics (whiteouts, opaque directories, hard links, owners), 50 MiB on stdout and stderr in
 //! order, stop requests (a process that exits on SIGTERM, one that ignores it and is killed after
-//! the stop timeout), a missing program, and a layer with `../` entries failing the task cleanly.
+//! the stop timeout), a missing program, a layer with `../` entries failing the task cleanly, and
+//! an HTTP server in a container reached over the task's tap.
 
 use skiff_tests::artefacts::{require, workspace_root, Artefact, Need};
 use skiff_tests::containers::{
@@ -31,7 +32,8 @@ fn containers_run_from_images_in_their_own_microvms() {
         .iter()
         .map(|a| Need::Artefact(*a))
         .collect();
-    for image in ["busybox", "layers", "evil"] {
+    needs.push(Need::Artefact(Artefact::Probe));
+    for image in ["busybox", "layers", "evil", "httpd"] {
         needs.push(Need::Artefact(Artefact::TestImage(image)));
     }
     needs.push(Need::Program("qemu-system-x86_64"));
@@ -40,8 +42,10 @@ fn containers_run_from_images_in_their_own_microvms() {
         return;
     }
     let store = workspace_root().join(format!("target/nested/containers-{}", std::process::id()));
-    import_test_images(&store, &["busybox", "layers", "evil"]).unwrap();
-    let host = container_host(&store).unwrap();
+    import_test_images(&store, &["busybox", "layers", "evil", "httpd"]).unwrap();
+    let mut host = container_host(&store).unwrap();
+    host.file("bin/skiff-probe", &Artefact::Probe.path())
+        .unwrap();
 
     let bb = "--image busybox:latest";
     let mut script = String::from(RUN_FUNCTION);
@@ -97,6 +101,18 @@ fn containers_run_from_images_in_their_own_microvms() {
             ),
         ),
         ("evil", "run --image evil:latest -- true".into()),
+        (
+            "httpd",
+            "ip link set lo up; skiff-probe tap-add tap0 && ip addr add 172.16.0.1/30 dev tap0 \
+             && ip link set tap0 up\n\
+             $SKIFF_RUN --image httpd:latest --hostname web --tap tap0 --ip 172.16.0.2/30 \
+             --gateway 172.16.0.1 > /tmp/httpd.log 2>&1 &\n\
+             p=$!; i=0\n\
+             until wget -q -O /tmp/page http://172.16.0.2:8080/ 2>/dev/null || [ $i -ge 600 ]; do \
+             sleep 0.2; i=$((i+1)); done\n\
+             cat /tmp/page; kill -TERM $p; wait $p; s=$?; cat /tmp/httpd.log; exit $s"
+                .into(),
+        ),
     ] {
         script.push_str(&case(name, &format!("({command})")));
     }
@@ -167,6 +183,11 @@ fn containers_run_from_images_in_their_own_microvms() {
     let (out, status) = case("stop-timeout");
     assert_eq!(status, 128 + 9, "{out}");
     assert!(out.contains("killed with SIGKILL"), "{out}");
+
+    // busybox httpd in the container served the page over the task's tap; SIGTERM ended it.
+    let (out, status) = case("httpd");
+    assert!(out.starts_with("hello from skiff httpd\n"), "{out}");
+    assert_eq!(status, 128 + 15, "{out}");
 
     let (out, status) = case("evil");
     assert_eq!(status, 125, "{out}");

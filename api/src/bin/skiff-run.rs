@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use api::guest_control::ContainerEvent;
-use api::runner::{run_task, TaskConfig};
+use api::runner::{run_task, TaskConfig, TaskNetwork};
 use clap::Parser;
 use skiff_protocol::Stream;
 
@@ -46,6 +46,18 @@ struct Args {
     /// The container's hostname.
     #[arg(long, default_value = "skiff-task")]
     hostname: String,
+    /// A host tap for the task's network interface (eth0 in the guest; needs --ip).
+    #[arg(long, requires = "ip")]
+    tap: Option<String>,
+    /// The task's IPv4 address and prefix length, e.g. 172.16.0.2/30.
+    #[arg(long, value_name = "ADDR/PREFIX", requires = "tap")]
+    ip: Option<String>,
+    /// The task's default gateway.
+    #[arg(long, value_name = "ADDR", requires = "ip")]
+    gateway: Option<std::net::Ipv4Addr>,
+    /// A name server for the container's /etc/resolv.conf (repeatable).
+    #[arg(long, value_name = "ADDR", requires = "ip")]
+    dns: Vec<std::net::IpAddr>,
     #[arg(long, default_value_t = 1)]
     cpus: u8,
     #[arg(long, default_value_t = 256)]
@@ -107,7 +119,36 @@ fn stop_signals() -> anyhow::Result<OwnedFd> {
     }
 }
 
+/// `ADDR/PREFIX`, e.g. `172.16.0.2/30`.
+fn parse_cidr(value: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
+    let (address, prefix) = value
+        .split_once('/')
+        .with_context(|| format!("--ip {value:?}: expected ADDR/PREFIX, e.g. 172.16.0.2/30"))?;
+    let address = address
+        .parse()
+        .with_context(|| format!("--ip {value:?}: {address:?} is not an IPv4 address"))?;
+    let prefix = prefix
+        .parse::<u8>()
+        .ok()
+        .filter(|p| (1..=32).contains(p))
+        .with_context(|| format!("--ip {value:?}: the prefix length must be 1-32"))?;
+    Ok((address, prefix))
+}
+
 fn run(args: Args) -> anyhow::Result<i32> {
+    let network = match (args.tap, args.ip) {
+        (Some(tap), Some(ip)) => {
+            let (address, prefix_len) = parse_cidr(&ip)?;
+            Some(TaskNetwork {
+                tap,
+                address,
+                prefix_len,
+                gateway: args.gateway,
+                dns: args.dns,
+            })
+        }
+        _ => None,
+    };
     let task = TaskConfig {
         store: args.store,
         image: args.image,
@@ -117,6 +158,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         workdir: args.workdir,
         user: args.user,
         hostname: args.hostname,
+        network,
         vcpus: args.cpus,
         memory_mib: args.memory_mib,
         ephemeral_storage: args.ephemeral_storage_mib << 20,

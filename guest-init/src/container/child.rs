@@ -208,10 +208,30 @@ fn become_user(creds: &Credentials) -> Result<(), StepError> {
 /// Runs in the forked child before exec.
 pub fn enter(setup: &ChildSetup, reason_fd: RawFd) -> std::io::Result<()> {
     let result = (|| {
-        // SAFETY: setsid has no arguments; the child is not a group leader.
-        unsafe { libc::setsid() };
+        // The process starts with no signal blocked (init blocks some for its signalfd, and a
+        // signal mask survives fork and exec) and without init's I/O port rights.
+        // SAFETY: `empty` is initialised by sigemptyset; the calls take valid pointers.
+        unsafe {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
+            // SAFETY (setsid): no arguments; the child is not a group leader.
+            libc::setsid();
+        }
+        crate::host_port::revoke();
         pivot(&setup.root)?;
         mount_pseudo_filesystems()?;
+        if setup
+            .cwd
+            .components()
+            .nth(1)
+            .is_some_and(|c| matches!(c.as_os_str().to_str(), Some("proc" | "sys" | "dev")))
+        {
+            return Err(StepError(format!(
+                "working directory {}: not under /proc, /sys or /dev",
+                setup.cwd.display()
+            )));
+        }
         mkdir_p(&setup.cwd, 0o755)?;
         std::env::set_current_dir(&setup.cwd)
             .map_err(|e| StepError(format!("working directory {}: {e}", setup.cwd.display())))?;

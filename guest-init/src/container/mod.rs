@@ -56,6 +56,9 @@ pub fn run(
         "skiff-init: container {id}: building its root from {}",
         spec.image_device
     );
+    // Blocked before the fork, so that the process's SIGCHLD cannot be discarded (its default
+    // action) before the signalfd exists, however soon it ends.
+    let signals = signal_fd()?;
     let started = Instant::now();
     let result = match prepare(spec, network) {
         Ok((setup, env)) => {
@@ -67,7 +70,27 @@ pub fn run(
         }
         Err(failure) => Err(failure),
     };
-    let outcome = match result {
+    let outcome = report(stream, id, result, &signals, spec.stop_timeout_ms);
+    // Whatever happened, nothing of the container survives it, its disk is released, and init's
+    // signals are back to normal.
+    kill_everything();
+    rootfs::release();
+    unblock_signals();
+    outcome
+}
+
+/// Longest failure reason sent (a tar entry name in it can be long).
+const MAX_REASON: usize = 4096;
+
+/// Tells the host how the start went and, if the process runs, supervises it.
+fn report(
+    stream: &mut VsockStream,
+    id: u32,
+    result: Result<Process, StartFailure>,
+    signals: &OwnedFd,
+    stop_timeout_ms: u32,
+) -> Result<bool, ControlError> {
+    match result {
         Ok(process) => {
             write_message(
                 stream,
@@ -76,17 +99,20 @@ pub fn run(
                     boot_ms: boot_ms(),
                 },
             )?;
-            supervise(stream, id, process, spec.stop_timeout_ms)
+            supervise(stream, id, process, signals, stop_timeout_ms)
         }
         Err(failure) => {
             eprintln!("skiff-init: container {id}: {}", failure.reason);
-            write_message(
-                stream,
-                &Message::Error {
-                    id,
-                    message: failure.reason,
-                },
-            )?;
+            let mut message = failure.reason;
+            if message.len() > MAX_REASON {
+                let mut cut = MAX_REASON;
+                while !message.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                message.truncate(cut);
+                message.push_str("...");
+            }
+            write_message(stream, &Message::Error { id, message })?;
             write_message(
                 stream,
                 &Message::Exited {
@@ -96,10 +122,7 @@ pub fn run(
             )?;
             Ok(false)
         }
-    };
-    kill_everything();
-    rootfs::release();
-    outcome
+    }
 }
 
 /// Builds the root and works out the process's environment and credentials.
@@ -253,7 +276,9 @@ fn start(
     }
 }
 
-/// A signalfd for SIGCHLD, SIGTERM and SIGINT, which are blocked so that they arrive only there.
+/// A signalfd for SIGCHLD, SIGTERM and SIGINT, which are blocked so that they arrive only there
+/// (and stay blocked in init afterwards; its children start with an empty mask, as Rust's
+/// `Command` resets it).
 fn signal_fd() -> std::io::Result<OwnedFd> {
     // SAFETY: `set` is initialised by sigemptyset before use; the calls take valid pointers.
     unsafe {
@@ -270,6 +295,19 @@ fn signal_fd() -> std::io::Result<OwnedFd> {
             return Err(std::io::Error::last_os_error());
         }
         Ok(OwnedFd::from_raw_fd(fd))
+    }
+}
+
+/// Unblocks what [`signal_fd`] blocked.
+fn unblock_signals() {
+    // SAFETY: `set` is initialised by sigemptyset; the calls take valid pointers.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in [libc::SIGCHLD, libc::SIGTERM, libc::SIGINT] {
+            libc::sigaddset(&mut set, sig);
+        }
+        libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
     }
 }
 
@@ -309,15 +347,37 @@ fn kill_everything() {
     }
 }
 
+/// Reaps whatever ended: the container's process (its status goes to `status`, and what it left
+/// behind is killed, so its pipes reach their end), or orphans reparented to init.
+fn reap(pid: libc::pid_t, status: &mut Option<ExitStatus>) {
+    loop {
+        let mut wait_status = 0;
+        // SAFETY: `wait_status` is a valid, writable int.
+        let reaped = unsafe { libc::waitpid(-1, &mut wait_status, libc::WNOHANG) };
+        if reaped <= 0 {
+            return;
+        }
+        if reaped == pid {
+            *status = Some(if libc::WIFSIGNALED(wait_status) {
+                ExitStatus::Signal(libc::WTERMSIG(wait_status))
+            } else {
+                ExitStatus::Code(libc::WEXITSTATUS(wait_status))
+            });
+            // SAFETY: kill(-1) from PID 1 signals every other process.
+            unsafe { libc::kill(-1, libc::SIGKILL) };
+        }
+    }
+}
+
 /// Streams the process's output to the host and waits for it to end, serving stop and signal
 /// requests meanwhile; then reports how it ended.
 fn supervise(
     stream: &mut VsockStream,
     id: u32,
     process: Process,
+    signals: &OwnedFd,
     stop_timeout_ms: u32,
 ) -> Result<bool, ControlError> {
-    let signals = signal_fd()?;
     let mut pipes: Vec<(Stream, OwnedFd)> = vec![
         (Stream::Stdout, process.stdout),
         (Stream::Stderr, process.stderr),
@@ -329,6 +389,8 @@ fn supervise(
     let mut shutdown = false;
     let mut frames = FrameReader::new();
     let mut buf = vec![0u8; 64 << 10];
+    // It may have ended before its SIGCHLD could be queued for the signalfd.
+    reap(process.pid, &mut status);
     while status.is_none() || !pipes.is_empty() {
         let mut fds: Vec<libc::pollfd> =
             pipes.iter().map(|(_, fd)| pollfd(fd.as_raw_fd())).collect();
@@ -395,25 +457,7 @@ fn supervise(
                     send_signal(process.pid, signal);
                 }
             }
-            // Reap whatever ended: the container's process, or orphans reparented to init.
-            loop {
-                let mut wait_status = 0;
-                // SAFETY: `wait_status` is a valid, writable int.
-                let pid = unsafe { libc::waitpid(-1, &mut wait_status, libc::WNOHANG) };
-                if pid <= 0 {
-                    break;
-                }
-                if pid == process.pid {
-                    status = Some(if libc::WIFSIGNALED(wait_status) {
-                        ExitStatus::Signal(libc::WTERMSIG(wait_status))
-                    } else {
-                        ExitStatus::Code(libc::WEXITSTATUS(wait_status))
-                    });
-                    // What it left behind dies with it, so its pipes reach their end.
-                    // SAFETY: kill(-1) from PID 1 signals every other process.
-                    unsafe { libc::kill(-1, libc::SIGKILL) };
-                }
-            }
+            reap(process.pid, &mut status);
         }
         control::forward_output(stream, id, &mut pipes, &fds, &mut buf, host_open)?;
     }

@@ -17,6 +17,8 @@ pub const SCRATCH_MOUNT: &str = "/run/skiff/scratch";
 pub const ROOTFS: &str = "/run/skiff/scratch/rootfs";
 /// Largest /etc/passwd or /etc/group read from an image.
 const MAX_ACCOUNT_FILE: u64 = 1 << 20;
+/// Symlinks followed to an image file.
+const MAX_FILE_LINKS: usize = 8;
 /// Read-ahead for layer blobs on the image disk.
 const LAYER_BUFFER: usize = 1 << 20;
 
@@ -118,25 +120,40 @@ pub fn unpack_image(device: &str, root: &Path) -> Result<RootfsStats, RootfsErro
     Ok(stats)
 }
 
-/// Reads a small file of the image (e.g. `etc/passwd`) with its path resolved inside `root`;
-/// empty if it is missing, not a regular file, or unreadable.
+/// Reads a small file of the image (e.g. `etc/passwd`), its path — symlinks included — resolved
+/// inside `root`; empty if it is missing or not a regular file. Invalid UTF-8 is replaced.
 pub fn read_image_file(root: &Path, rel: &str) -> String {
-    let Ok(path) = unpack::resolve(root, Path::new(rel)) else {
-        return String::new();
-    };
-    let Ok(file) = OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-        .open(path)
-    else {
-        return String::new();
-    };
-    if !file.metadata().is_ok_and(|m| m.is_file()) {
-        return String::new();
+    let mut rel = PathBuf::from(rel);
+    for _ in 0..MAX_FILE_LINKS {
+        let Ok(path) = unpack::resolve(root, &rel) else {
+            return String::new();
+        };
+        match fs::symlink_metadata(&path) {
+            Ok(m) if m.file_type().is_symlink() => {
+                let Ok(target) = fs::read_link(&path) else {
+                    return String::new();
+                };
+                rel = match target.strip_prefix("/") {
+                    Ok(absolute) => absolute.to_owned(),
+                    Err(_) => rel.parent().unwrap_or(Path::new("")).join(target),
+                };
+            }
+            Ok(m) if m.is_file() => {
+                let Ok(file) = OpenOptions::new()
+                    .read(true)
+                    .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+                    .open(path)
+                else {
+                    return String::new();
+                };
+                let mut bytes = Vec::new();
+                let _ = file.take(MAX_ACCOUNT_FILE).read_to_end(&mut bytes);
+                return String::from_utf8_lossy(&bytes).into_owned();
+            }
+            _ => return String::new(),
+        }
     }
-    let mut text = String::new();
-    let _ = file.take(MAX_ACCOUNT_FILE).read_to_string(&mut text);
-    text
+    String::new()
 }
 
 /// Writes a file the runtime owns (e.g. `etc/hosts`) into the container, replacing whatever the
@@ -204,7 +221,23 @@ mod tests {
         // Missing or odd account files read as empty.
         assert_eq!(read_image_file(&other, "etc/passwd"), "");
         std::os::unix::fs::symlink("/etc/passwd", other.join("passwd")).unwrap();
-        assert_eq!(read_image_file(&other, "passwd"), "");
+        assert_eq!(
+            read_image_file(&other, "passwd"),
+            "",
+            "a loop reads as empty"
+        );
+        // Links are followed inside the root, relative and absolute.
+        fs::create_dir_all(rootfs.join("usr/lib")).unwrap();
+        fs::write(rootfs.join("usr/lib/group"), "app:x:1000:\n").unwrap();
+        std::os::unix::fs::symlink("../usr/lib/group", rootfs.join("etc/group")).unwrap();
+        std::os::unix::fs::symlink("/etc/group", rootfs.join("etc/group2")).unwrap();
+        assert_eq!(read_image_file(&rootfs, "etc/group"), "app:x:1000:\n");
+        assert_eq!(read_image_file(&rootfs, "etc/group2"), "app:x:1000:\n");
+        assert_eq!(
+            read_image_file(&rootfs, "etc"),
+            "",
+            "a directory reads as empty"
+        );
         fs::remove_dir_all(dir).unwrap();
     }
 
