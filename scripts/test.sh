@@ -20,7 +20,7 @@ log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 # Binaries the end-to-end tests run come from target/release (built by setup.sh).
 status=0
-cargo test --workspace --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log" || status=$?
+cargo test --workspace --no-fail-fast --lib --bins --tests -- --test-threads=2 2>&1 | tee "$log" || status=$?
 passed=$(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\1/p' "$log" | paste -sd+ | bc)
 failed=$(sed -n 's/^test result: .* \([0-9]*\) passed; \([0-9]*\) failed.*/\2/p' "$log" | paste -sd+ | bc)
 skipped=$(grep -c 'SKIPPED ' "$log" || true)

@@ -384,6 +384,9 @@ fn main() -> Result<()> {
             run_streams("tcp", n, bytes, move |_| {
                 let s = std::net::TcpStream::connect((addr, port))
                     .with_context(|| format!("connect to {addr}:{port}"))?;
+                // A peer that died (a crashed guest) fails the run instead of hanging it.
+                s.set_read_timeout(Some(Duration::from_secs(120)))?;
+                s.set_write_timeout(Some(Duration::from_secs(120)))?;
                 Ok((s.try_clone()?, s))
             })
         }
