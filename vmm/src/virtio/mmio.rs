@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use virtio_queue::{Queue, QueueT};
-use vm_memory::GuestMemoryMmap;
+use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{
     status, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, VIRTIO_F_VERSION_1,
@@ -25,6 +25,9 @@ const TRANSPORT_FEATURES: u64 = VIRTIO_F_VERSION_1;
 /// Rounds of serving a queue again for buffers the driver added while we published where to be
 /// notified next (bounded: a guest adding buffers as fast as we serve them cannot keep us here).
 const MAX_REARM_ROUNDS: usize = 8;
+
+/// `avail.flags`: the driver asks not to be interrupted for this queue (it polls).
+const VRING_AVAIL_F_NO_INTERRUPT: u16 = 1;
 
 /// Bytes of MMIO space each device takes.
 pub const MMIO_DEVICE_SIZE: u64 = 0x1000;
@@ -79,6 +82,8 @@ pub struct MmioTransport {
     driver_features: u64,
     status: u32,
     config_generation: u32,
+    /// Each queue's used index when the driver was last interrupted for it.
+    signalled_used: Vec<u16>,
 }
 
 impl MmioTransport {
@@ -87,6 +92,7 @@ impl MmioTransport {
         mem: GuestMemoryMmap,
         interrupt: Arc<Interrupt>,
     ) -> Result<Self, MmioError> {
+        let signalled_used = vec![0; device.queue_max_sizes().len()];
         let queues = device
             .queue_max_sizes()
             .iter()
@@ -103,6 +109,7 @@ impl MmioTransport {
             driver_features: 0,
             status: 0,
             config_generation: 0,
+            signalled_used,
         })
     }
 
@@ -132,6 +139,9 @@ impl MmioTransport {
         if !queue.ready() {
             return;
         }
+        // While we serve the queue the driver need not notify (`VRING_USED_F_NO_NOTIFY`; with
+        // EVENT_IDX, `avail_event` does this): each notification is a VM exit.
+        let _ = queue.disable_notification(&self.mem);
         let mut used = self
             .device
             .process_queue(index, &mut self.queues, &self.mem);
@@ -141,14 +151,11 @@ impl MmioTransport {
         }
     }
 
-    /// With EVENT_IDX, tells the driver of each queue to notify at the next buffer it adds
-    /// (`avail_event`), and serves again any queue that got buffers in the meantime: a driver
-    /// that read the old `avail_event` may not have notified for them. Returns whether buffers
-    /// were used.
+    /// Tells the driver of each queue to notify again at the next buffer it adds (clears
+    /// `VRING_USED_F_NO_NOTIFY`, or with EVENT_IDX sets `avail_event`), and serves again any queue
+    /// that got buffers in the meantime: a driver that saw notifications off may not have
+    /// notified for them. Returns whether buffers were used.
     fn rearm_notifications(&mut self) -> bool {
-        if self.driver_features & VIRTIO_RING_F_EVENT_IDX == 0 {
-            return false;
-        }
         let mut used = false;
         for index in 0..self.queues.len() {
             for _ in 0..MAX_REARM_ROUNDS {
@@ -192,11 +199,37 @@ impl MmioTransport {
         }
     }
 
-    /// Interrupts the driver unless every queue with used buffers asked not to be.
+    /// Interrupts the driver unless every queue with newly used buffers asked not to be: with
+    /// EVENT_IDX through `used_event`, otherwise through `VRING_AVAIL_F_NO_INTERRUPT` (which Linux
+    /// sets while it polls a queue, e.g. in NAPI).
     fn signal_used(&mut self) {
+        let event_idx = self.driver_features & VIRTIO_RING_F_EVENT_IDX != 0;
         let mut needed = false;
-        for queue in self.queues.iter_mut().filter(|q| q.ready()) {
-            needed |= queue.needs_notification(&self.mem).unwrap_or(true);
+        for (queue, signalled) in self.queues.iter_mut().zip(self.signalled_used.iter_mut()) {
+            if !queue.ready() {
+                continue;
+            }
+            // Called for every queue: with EVENT_IDX it also restarts the count of buffers
+            // used since the last interrupt.
+            let wanted = queue.needs_notification(&self.mem).unwrap_or(true);
+            let next_used = queue.next_used();
+            if next_used == *signalled {
+                continue;
+            }
+            let wanted = if event_idx {
+                wanted
+            } else {
+                std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                let flags: u16 = self
+                    .mem
+                    .read_obj(vm_memory::GuestAddress(queue.avail_ring()))
+                    .unwrap_or(0);
+                flags & VRING_AVAIL_F_NO_INTERRUPT == 0
+            };
+            if wanted {
+                *signalled = next_used;
+                needed = true;
+            }
         }
         if needed {
             self.interrupt.trigger(INTERRUPT_USED_BUFFER);
@@ -215,6 +248,7 @@ impl MmioTransport {
 
     fn reset(&mut self) {
         self.device.reset();
+        self.signalled_used.iter_mut().for_each(|s| *s = 0);
         for queue in &mut self.queues {
             queue.reset();
         }
@@ -618,6 +652,45 @@ mod tests {
         assert_eq!(read(&mut f.transport, REG_INTERRUPT_STATUS), 0);
         let event: u16 = f.mem.read_obj(avail_event).unwrap();
         assert_eq!(event, 3);
+    }
+
+    #[test]
+    fn without_event_idx_notifications_are_off_while_serving_and_no_interrupt_is_honoured() {
+        let mut f = fixture();
+        let q = MockSplitQueue::new(&f.mem, 16);
+        negotiate(&mut f.transport, VIRTIO_F_VERSION_1);
+        setup_queue(&mut f.transport, &q);
+        write(&mut f.transport, REG_STATUS, 0xf);
+        let used_flags = q.used_addr();
+        let avail_flags = q.avail_addr();
+        let descs: Vec<RawDescriptor> = (0..3)
+            .map(|i| RawDescriptor::from(SplitDescriptor::new(0x8_0000 + i * 0x100, 16, 0, 0)))
+            .collect();
+        q.add_desc_chains(&descs[..1], 0).unwrap();
+        f.transport.notify_queue(0);
+        assert_eq!(f.used.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let flags: u16 = f.mem.read_obj(used_flags).unwrap();
+        assert_eq!(flags, 0, "notifications are back on after serving");
+        assert_eq!(
+            read(&mut f.transport, REG_INTERRUPT_STATUS),
+            INTERRUPT_USED_BUFFER
+        );
+        write(&mut f.transport, REG_INTERRUPT_ACK, INTERRUPT_USED_BUFFER);
+
+        // The driver polls (VRING_AVAIL_F_NO_INTERRUPT): a used buffer does not interrupt.
+        f.mem.write_obj(1u16, avail_flags).unwrap();
+        q.add_desc_chains(&descs[1..2], 1).unwrap();
+        f.transport.notify_queue(0);
+        assert_eq!(f.used.load(std::sync::atomic::Ordering::SeqCst), 2);
+        assert_eq!(read(&mut f.transport, REG_INTERRUPT_STATUS), 0);
+        // It stops polling: the next used buffer interrupts again.
+        f.mem.write_obj(0u16, avail_flags).unwrap();
+        q.add_desc_chains(&descs[2..], 2).unwrap();
+        f.transport.notify_queue(0);
+        assert_eq!(
+            read(&mut f.transport, REG_INTERRUPT_STATUS),
+            INTERRUPT_USED_BUFFER
+        );
     }
 
     #[test]
