@@ -27,6 +27,9 @@ const NESTED_KVM_PARAMS: &str = "";
 /// numbers (`mkfs.ext4`'s UUIDs) stall.
 const NESTED_CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init random.trust_cpu=on";
 
+/// How the nested host's heartbeat lines start (printed every minute by its init).
+const HEARTBEAT: &str = "nested: alive";
+
 /// What the console shows when QEMU's emulated SVM failed the run rather than the code under
 /// test: the nested host's own kernel crashing (its DMI name is QEMU's q35), or a guest triple
 /// fault — both seen under heavy guest network load (see `../shared/notes/nested-host.md`).
@@ -36,6 +39,27 @@ const EMULATION_CRASHES: [&str; 3] = [
     "BUG: kernel NULL pointer dereference",
     "guest crashed: triple fault",
 ];
+
+/// Whether QEMU's emulation, not the code under test, failed a run — a crash on the console, or
+/// a timeout after the host's heartbeat stopped (a host still printing it was alive: the test is
+/// stuck) — and how it showed.
+fn emulation_failure(result: &Result<NestedRun, NestedError>) -> Option<String> {
+    let console = match result {
+        Ok(run) => &run.console,
+        Err(NestedError::NoStatus { console, .. } | NestedError::Timeout { console, .. }) => console,
+        Err(_) => return None,
+    };
+    if let Some(sign) = EMULATION_CRASHES.iter().find(|s| console.contains(*s)) {
+        return Some(format!("{sign:?} on the console"));
+    }
+    let alive_at_the_end = console
+        .lines()
+        .rev()
+        .find(|l| !l.trim().is_empty())
+        .is_some_and(|l| l.starts_with(HEARTBEAT));
+    (matches!(result, Err(NestedError::Timeout { .. })) && !alive_at_the_end)
+        .then(|| "its heartbeat stopped".to_owned())
+}
 
 /// Printed by the host's init with the script's exit status.
 const EXIT_MARKER: &str = "SKIFF-NESTED-EXIT=";
@@ -234,21 +258,13 @@ impl NestedHost {
     /// says so on stderr; a second crash is returned as it is.
     pub fn run(&self, script: &str) -> Result<NestedRun, NestedError> {
         let first = self.run_once(script);
-        let console = match &first {
-            Ok(run) => &run.console,
-            Err(NestedError::NoStatus { console, .. } | NestedError::Timeout { console, .. }) => {
-                console
-            }
-            Err(_) => return first,
-        };
-        let Some(sign) = EMULATION_CRASHES.iter().find(|s| console.contains(*s)) else {
+        let Some(sign) = emulation_failure(&first) else {
             return first;
         };
         // Straight to the process's stderr, past libtest's capture: a retry must be visible.
         let _ = writeln!(
             std::io::stderr(),
-            "RETRY nested host: the emulation crashed ({sign:?} on the console); running the \
-             script once more"
+            "RETRY nested host: the emulation crashed ({sign}); running the script once more"
         );
         self.run_once(script)
     }
@@ -328,5 +344,32 @@ mod tests {
         assert_eq!(run.case("b"), Some((String::new(), 0)));
         assert_eq!(run.case("c"), None);
         assert!(case("x", "true").contains("=== end x status=$?"));
+    }
+
+    #[test]
+    fn only_emulation_failures_are_retried() {
+        let timeout = |console: &str| {
+            Err(NestedError::Timeout {
+                timeout: Duration::from_secs(1),
+                console: console.into(),
+            })
+        };
+        let passed = |console: &str| {
+            Ok(NestedRun {
+                console: console.into(),
+                status: 0,
+                elapsed: Duration::ZERO,
+            })
+        };
+        assert_eq!(emulation_failure(&passed("all fine\n")), None);
+        assert!(emulation_failure(&passed("skiff-vmm: guest crashed: triple fault\n")).is_some());
+        assert!(emulation_failure(&timeout("step 3\n")).is_some(), "went silent");
+        assert_eq!(
+            emulation_failure(&timeout("step 3\nnested: alive, uptime 61 s\n\n")),
+            None,
+            "alive but stuck: the test's own failure"
+        );
+        let oops = "BUG: kernel NULL pointer dereference, address: 0\n";
+        assert!(emulation_failure(&timeout(oops)).is_some());
     }
 }

@@ -20,7 +20,10 @@ use crate::bus::BusDevice;
 /// Features of the transport, offered for every device. A device opts in to
 /// `VIRTIO_RING_F_EVENT_IDX` by listing it in its own features; none does yet: with it on for
 /// vsock, real guests in the nested test host triple-faulted now and then under heavy host->guest
-/// streaming (4 of ~16 runs, 0 of 16 without), a cause not found yet.
+/// streaming (4 of ~16 runs, 0 of 16 without). Guests, and the nested host's own kernel, have
+/// since crashed under heavy TCP load without it too, so QEMU's emulated SVM may be the cause;
+/// without EVENT_IDX the driver is still told not to notify while a queue is served
+/// (`VRING_USED_F_NO_NOTIFY`), and its `VRING_AVAIL_F_NO_INTERRUPT` is honoured.
 const TRANSPORT_FEATURES: u64 = VIRTIO_F_VERSION_1;
 /// Rounds of serving a queue again for buffers the driver added while we published where to be
 /// notified next (bounded: a guest adding buffers as fast as we serve them cannot keep us here).
