@@ -46,7 +46,9 @@ const EMULATION_CRASHES: [&str; 3] = [
 fn emulation_failure(result: &Result<NestedRun, NestedError>) -> Option<String> {
     let console = match result {
         Ok(run) => &run.console,
-        Err(NestedError::NoStatus { console, .. } | NestedError::Timeout { console, .. }) => console,
+        Err(NestedError::NoStatus { console, .. } | NestedError::Timeout { console, .. }) => {
+            console
+        }
         Err(_) => return None,
     };
     if let Some(sign) = EMULATION_CRASHES.iter().find(|s| console.contains(*s)) {
@@ -363,7 +365,10 @@ mod tests {
         };
         assert_eq!(emulation_failure(&passed("all fine\n")), None);
         assert!(emulation_failure(&passed("skiff-vmm: guest crashed: triple fault\n")).is_some());
-        assert!(emulation_failure(&timeout("step 3\n")).is_some(), "went silent");
+        assert!(
+            emulation_failure(&timeout("step 3\n")).is_some(),
+            "went silent"
+        );
         assert_eq!(
             emulation_failure(&timeout("step 3\nnested: alive, uptime 61 s\n\n")),
             None,
