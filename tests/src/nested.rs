@@ -11,7 +11,7 @@ use std::time::Duration;
 use images::initramfs::{Initramfs, InitramfsError};
 
 use crate::artefacts::{workspace_root, Artefact};
-use crate::process::{run_with_timeout, ProcessError};
+use crate::process::{run_with_deadlines, ProcessError};
 
 /// Where busybox (Debian's `busybox-static`) is.
 const BUSYBOX: &str = "/bin/busybox";
@@ -26,6 +26,9 @@ const NESTED_KVM_PARAMS: &str = "";
 /// hardware; without it the pool stays uninitialised for long and programs that want random
 /// numbers (`mkfs.ext4`'s UUIDs) stall.
 const NESTED_CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init random.trust_cpu=on";
+
+/// A nested host silent this long — its heartbeat comes every minute — has frozen.
+const MAX_SILENCE: Duration = Duration::from_secs(150);
 
 /// How the nested host's heartbeat lines start (printed every minute by its init).
 const HEARTBEAT: &str = "nested: alive";
@@ -49,6 +52,7 @@ fn emulation_failure(result: &Result<NestedRun, NestedError>) -> Option<String> 
         Err(NestedError::NoStatus { console, .. } | NestedError::Timeout { console, .. }) => {
             console
         }
+        Err(NestedError::Silent { .. }) => return Some("it went silent: froze".to_owned()),
         Err(_) => return None,
     };
     if let Some(sign) = EMULATION_CRASHES.iter().find(|s| console.contains(*s)) {
@@ -105,6 +109,8 @@ pub enum NestedError {
     },
     #[error("the nested host did not finish within {timeout:?}; console so far:\n{console}")]
     Timeout { timeout: Duration, console: String },
+    #[error("the nested host printed nothing for {silent:?}, its heartbeat included: it froze; console so far:\n{console}")]
+    Silent { silent: Duration, console: String },
     #[error("the nested host stopped without reporting the script's status (QEMU exit {code:?}); console:\n{console}\nstderr:\n{stderr}")]
     NoStatus {
         code: Option<i32>,
@@ -285,7 +291,7 @@ impl NestedHost {
         let mut fs = self.fs.clone();
         fs.file_bytes("test.sh", 0o755, script.as_bytes())?;
         fs.write_to(&initrd)?;
-        let result = run_with_timeout(
+        let result = run_with_deadlines(
             Command::new("qemu-system-x86_64")
                 .args(["-M", "q35,accel=tcg", "-cpu", "max"])
                 .args(["-m", &self.memory_mib.to_string()])
@@ -299,10 +305,17 @@ impl NestedHost {
                 .arg("-append")
                 .arg(format!("{NESTED_CMDLINE}{}", self.extra_cmdline)),
             self.timeout,
+            Some(MAX_SILENCE),
         );
         let _ = std::fs::remove_file(&initrd);
         let finished = result?;
         let console = finished.stdout.replace("\r\n", "\n");
+        if finished.went_silent {
+            return Err(NestedError::Silent {
+                silent: MAX_SILENCE,
+                console,
+            });
+        }
         if finished.timed_out {
             return Err(NestedError::Timeout {
                 timeout: self.timeout,
@@ -373,6 +386,14 @@ mod tests {
             emulation_failure(&timeout("step 3\nnested: alive, uptime 61 s\n\n")),
             None,
             "alive but stuck: the test's own failure"
+        );
+        let silent = Err(NestedError::Silent {
+            silent: MAX_SILENCE,
+            console: "step 3\nnested: alive, uptime 61 s\n".into(),
+        });
+        assert!(
+            emulation_failure(&silent).is_some(),
+            "froze after a heartbeat"
         );
         let oops = "BUG: kernel NULL pointer dereference, address: 0\n";
         assert!(emulation_failure(&timeout(oops)).is_some());
