@@ -27,6 +27,9 @@ const NESTED_KVM_PARAMS: &str = "";
 /// numbers (`mkfs.ext4`'s UUIDs) stall.
 const NESTED_CMDLINE: &str = "console=ttyS0 panic=-1 quiet rdinit=/init random.trust_cpu=on";
 
+/// Runs of a script the emulation may fail before its failure is the test's.
+const EMULATION_ATTEMPTS: u32 = 3;
+
 /// A nested host silent this long — its heartbeat comes every minute — has frozen.
 const MAX_SILENCE: Duration = Duration::from_secs(150);
 
@@ -262,19 +265,23 @@ impl NestedHost {
     }
 
     /// Boots the host, runs `script` with `sh`, and returns the console and the script's status.
-    /// A run that the emulation itself crashed (see [`EMULATION_CRASHES`]) is retried once, and
-    /// says so on stderr; a second crash is returned as it is.
+    /// A run that the emulation itself failed (see [`emulation_failure`]) is run again, up to
+    /// [`EMULATION_ATTEMPTS`] in all, saying so on stderr; the last failure is returned as it is.
     pub fn run(&self, script: &str) -> Result<NestedRun, NestedError> {
-        let first = self.run_once(script);
-        let Some(sign) = emulation_failure(&first) else {
-            return first;
-        };
-        // Straight to the process's stderr, past libtest's capture: a retry must be visible.
-        let _ = writeln!(
-            std::io::stderr(),
-            "RETRY nested host: the emulation crashed ({sign}); running the script once more"
-        );
-        self.run_once(script)
+        let mut result = self.run_once(script);
+        for attempt in 2..=EMULATION_ATTEMPTS {
+            let Some(sign) = emulation_failure(&result) else {
+                break;
+            };
+            // Straight to the process's stderr, past libtest's capture: a retry must be visible.
+            let _ = writeln!(
+                std::io::stderr(),
+                "RETRY nested host: the emulation crashed ({sign}); running the script again \
+                 (attempt {attempt} of {EMULATION_ATTEMPTS})"
+            );
+            result = self.run_once(script);
+        }
+        result
     }
 
     fn run_once(&self, script: &str) -> Result<NestedRun, NestedError> {
