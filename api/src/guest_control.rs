@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use std::os::fd::BorrowedFd;
 
+use skiff_protocol::poll;
 use skiff_protocol::{
     read_message, write_message, ContainerSpec, ExitStatus, FrameReader, Message, ProtocolError,
     Stream, GUEST_CONTROL_PORT,
@@ -268,31 +269,11 @@ impl GuestControl {
                     _ => {}
                 }
             }
-            let mut fds = vec![libc::pollfd {
-                fd: self.stream.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            }];
+            let mut fds = vec![poll::readable(self.stream.as_raw_fd())];
             if let Some(fd) = stop {
-                fds.push(libc::pollfd {
-                    fd: fd.as_raw_fd(),
-                    events: libc::POLLIN,
-                    revents: 0,
-                });
+                fds.push(poll::readable(fd.as_raw_fd()));
             }
-            let timeout = stop_deadline.map_or(-1, |at| {
-                let left = at.saturating_duration_since(std::time::Instant::now());
-                libc::c_int::try_from(left.as_millis()).unwrap_or(libc::c_int::MAX)
-            });
-            // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
-            let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-            if n < 0 {
-                let err = std::io::Error::last_os_error();
-                if err.kind() == std::io::ErrorKind::Interrupted {
-                    continue;
-                }
-                return Err(err.into());
-            }
+            poll::wait(&mut fds, stop_deadline)?;
             if stop_deadline.is_some_and(|at| std::time::Instant::now() >= at) {
                 return Err(ControlError::StopUnanswered(stop_wait));
             }

@@ -4,9 +4,10 @@
 //! host says `Shutdown` or closes the connection.
 
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::process::{Child, Command, Stdio};
 
+use skiff_protocol::poll;
 use skiff_protocol::vsock::VsockStream;
 
 use crate::container;
@@ -120,20 +121,14 @@ fn run_command(
     let mut shutdown = false;
     let mut buf = vec![0u8; 64 << 10];
     while !pipes.is_empty() {
-        let mut fds: Vec<libc::pollfd> =
-            pipes.iter().map(|(_, fd)| pollfd(fd.as_raw_fd())).collect();
+        let mut fds: Vec<libc::pollfd> = pipes
+            .iter()
+            .map(|(_, fd)| poll::readable(fd.as_raw_fd()))
+            .collect();
         if host_open {
-            fds.push(pollfd(stream.as_raw_fd()));
+            fds.push(poll::readable(stream.as_raw_fd()));
         }
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err.into());
-        }
+        poll::wait(&mut fds, None)?;
         // Host messages first: a signal must not wait behind output.
         if host_open && fds.last().is_some_and(|p| p.revents != 0) {
             let got = stream.read(&mut buf)?;
@@ -233,14 +228,6 @@ pub fn forward_output(
         pipes.remove(i);
     }
     Ok(())
-}
-
-pub fn pollfd(fd: RawFd) -> libc::pollfd {
-    libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    }
 }
 
 fn kill(child: &Child, signal: i32) {

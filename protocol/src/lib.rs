@@ -93,6 +93,7 @@ mod frame;
 pub mod image_disk;
 mod message;
 pub mod names;
+pub mod poll;
 pub mod vsock;
 pub mod wire;
 

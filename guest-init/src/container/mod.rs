@@ -16,10 +16,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use skiff_protocol::poll;
 use skiff_protocol::vsock::VsockStream;
 use skiff_protocol::{write_message, ContainerSpec, ExitStatus, FrameReader, Message, Stream};
 
-use crate::control::{self, boot_ms, pollfd, ControlError};
+use crate::control::{self, boot_ms, ControlError};
 use crate::network;
 use crate::settings::NetworkSettings;
 
@@ -392,26 +393,15 @@ fn supervise(
     // It may have ended before its SIGCHLD could be queued for the signalfd.
     reap(process.pid, &mut status);
     while status.is_none() || !pipes.is_empty() {
-        let mut fds: Vec<libc::pollfd> =
-            pipes.iter().map(|(_, fd)| pollfd(fd.as_raw_fd())).collect();
-        fds.push(pollfd(signals.as_raw_fd()));
+        let mut fds: Vec<libc::pollfd> = pipes
+            .iter()
+            .map(|(_, fd)| poll::readable(fd.as_raw_fd()))
+            .collect();
+        fds.push(poll::readable(signals.as_raw_fd()));
         if host_open {
-            fds.push(pollfd(stream.as_raw_fd()));
+            fds.push(poll::readable(stream.as_raw_fd()));
         }
-        let timeout = kill_at.map_or(-1, |at| {
-            at.saturating_duration_since(Instant::now())
-                .as_millis()
-                .min(i32::MAX as u128) as i32
-        });
-        // SAFETY: `fds` is a valid array of `fds.len()` pollfds.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout) };
-        if n < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.kind() == std::io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(err.into());
-        }
+        poll::wait(&mut fds, kill_at)?;
         if kill_at.is_some_and(|at| Instant::now() >= at) && status.is_none() {
             eprintln!(
                 "skiff-init: container {id}: still running {} ms after SIGTERM, killing it",
