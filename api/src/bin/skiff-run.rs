@@ -119,6 +119,14 @@ fn stop_signals() -> anyhow::Result<OwnedFd> {
     }
 }
 
+/// A duration given in seconds: finite, not negative, not absurdly long.
+fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| d.as_secs() <= 24 * 3600)
+        .with_context(|| format!("{flag} {value}: expected 0 to 86400 seconds"))
+}
+
 /// `ADDR/PREFIX`, e.g. `172.16.0.2/30`.
 fn parse_cidr(value: &str) -> anyhow::Result<(std::net::Ipv4Addr, u8)> {
     let (address, prefix) = value
@@ -162,8 +170,8 @@ fn run(args: Args) -> anyhow::Result<i32> {
         vcpus: args.cpus,
         memory_mib: args.memory_mib,
         ephemeral_storage: args.ephemeral_storage_mib << 20,
-        stop_timeout: Duration::from_secs_f64(args.stop_timeout.max(0.0)),
-        boot_timeout: Duration::from_secs_f64(args.boot_timeout.max(0.0)),
+        stop_timeout: seconds("--stop-timeout", args.stop_timeout)?,
+        boot_timeout: seconds("--boot-timeout", args.boot_timeout)?,
         vmm: args.vmm.unwrap_or_else(default_vmm),
         kernel: args.kernel,
         initramfs: args.initramfs,
