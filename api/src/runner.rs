@@ -2,6 +2,10 @@
 //! image disk (built once per image), a fresh scratch disk, `skiff-vmm` with both disks and a
 //! vsock device, then guest-init's control channel to run the container and collect its output
 //! and exit status. `skiff-run` is this as a command; skiffd's tasks build on it.
+//!
+//! The VMM is launched with one typed contract: the runner writes the task's [`VmConfig`] as JSON
+//! into the task's directory and starts `skiff-vmm --config FILE`, or, for a jailed task,
+//! `skiff-jailer ... --vm-config FILE`, which relocates the same configuration into the jail.
 
 use std::os::fd::BorrowedFd;
 use std::os::unix::process::CommandExt;
@@ -14,8 +18,11 @@ use images::scratch_disk::{self, ScratchError};
 use images::store::oci::{image_config, ImportError, RunConfig};
 use images::store::{Store, StoreError};
 use skiff_protocol::{ContainerSpec, ExitStatus};
+use skiff_vm_config::{ConfigError, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 
-use crate::guest_control::{ContainerEvent, ContainerOutcome, ControlError, ControlListener};
+use crate::guest_control::{
+    control_socket_path, ContainerEvent, ContainerOutcome, ControlError, ControlListener,
+};
 
 /// The guest's vsock CID (any value above 2 works: each VM has its own device).
 const GUEST_CID: u32 = 3;
@@ -24,6 +31,23 @@ const IMAGE_DEVICE: &str = "/dev/vda";
 const SCRATCH_DEVICE: &str = "/dev/vdb";
 /// How long the VMM may take to exit once the guest was told to shut down.
 const VMM_EXIT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long removing a finished jail may take (`skiff-jailer --cleanup`, retried while the
+/// killed VMM is still leaving its cgroup).
+const JAIL_CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
+/// The files of a task's directory.
+const VM_CONFIG_FILE: &str = "vm.json";
+const SCRATCH_FILE: &str = "scratch.img";
+const VSOCK_FILE: &str = "v.sock";
+const CONSOLE_FILE: &str = "console.log";
+const VMM_LOG_FILE: &str = "vmm.log";
+/// Memory a jail allows beyond guest memory: the VMM's own (~2.5 MiB) and headroom for the page
+/// cache of disk I/O (README, "Jailing a VMM").
+pub const JAIL_MEMORY_OVERHEAD_MIB: u64 = 32;
+/// Processes and threads a jail allows by default (the jailer, the VMM's thread, one per vCPU and
+/// one per disk fit easily).
+pub const DEFAULT_JAIL_PIDS: u64 = 32;
+/// Open files a jailed VMM may have by default.
+pub const DEFAULT_JAIL_NOFILE: u64 = 128;
 const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Errors running a task (not the container's own failures: those are its outcome).
@@ -47,6 +71,8 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    #[error("VM configuration: {0}")]
+    VmConfig(#[from] ConfigError),
     #[error("cannot start {vmm}: {source}")]
     SpawnVmm {
         vmm: PathBuf,
@@ -95,6 +121,58 @@ pub struct TaskConfig {
     /// Where the task's directory is made (its scratch disk, sockets and console log); removed
     /// when the task ends.
     pub run_dir: PathBuf,
+    /// Run the VMM in a jail (`skiff-jailer`); `vmm` is then the static `skiff-vmm` it copies in.
+    pub jail: Option<JailSettings>,
+}
+
+/// How a task's VMM is jailed: `skiff-jailer --id ID --exec-file VMM --uid --gid --chroot-base
+/// BASE --cgroup memory=..M --cgroup cpus=.. --cgroup pids=.. --resource-limit no-file=..
+/// --vm-config FILE`, and `skiff-jailer --cleanup` when it is over. The task's directory and
+/// scratch disk are handed to `uid`/`gid`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JailSettings {
+    /// The `skiff-jailer` binary.
+    pub jailer: PathBuf,
+    /// The jail's id: 1 to 64 letters, digits and '-', unique among running jails.
+    pub id: String,
+    /// The VMM's uid and gid (not 0).
+    pub uid: u32,
+    pub gid: u32,
+    /// Where jails are made (`<base>/skiff-vmm/<id>`).
+    pub chroot_base: PathBuf,
+    /// The cgroup's memory limit: guest memory plus the VMM's overhead.
+    pub memory_limit_mib: u64,
+    /// The cgroup's CPU quota, in CPUs.
+    pub cpus: f64,
+    /// The cgroup's process/thread limit.
+    pub pids: u64,
+    /// The VMM's open-file limit.
+    pub nofile: u64,
+}
+
+impl JailSettings {
+    /// Settings for a task of `vcpus` and `memory_mib`: memory + [`JAIL_MEMORY_OVERHEAD_MIB`],
+    /// a quota of `vcpus` CPUs, [`DEFAULT_JAIL_PIDS`] and [`DEFAULT_JAIL_NOFILE`].
+    pub fn for_task(
+        jailer: PathBuf,
+        id: String,
+        (uid, gid): (u32, u32),
+        chroot_base: PathBuf,
+        vcpus: u8,
+        memory_mib: u64,
+    ) -> Self {
+        Self {
+            jailer,
+            id,
+            uid,
+            gid,
+            chroot_base,
+            memory_limit_mib: memory_mib.saturating_add(JAIL_MEMORY_OVERHEAD_MIB),
+            cpus: f64::from(vcpus),
+            pids: DEFAULT_JAIL_PIDS,
+            nofile: DEFAULT_JAIL_NOFILE,
+        }
+    }
 }
 
 /// A task's network interface: `eth0` in the guest, backed by a host tap that exists already.
@@ -240,8 +318,151 @@ fn tail(path: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
+/// The VM of a task whose directory is `dir`: guest-init with the control channel, the image
+/// disk (read-only, `/dev/vda`), the scratch disk (`/dev/vdb`), the vsock socket and the console
+/// log in the task's directory, and the task's network interface.
+pub fn vm_config(task: &TaskConfig, image_disk: &Path, dir: &Path) -> Result<VmConfig, RunError> {
+    let mut vm = VmConfig::with_kernel(task.kernel.clone());
+    vm.initrd = Some(task.initramfs.clone());
+    vm.cmdline = kernel_cmdline(task)?;
+    vm.vcpus = task.vcpus;
+    vm.memory_mib = task.memory_mib;
+    vm.serial_out = SerialOutput::File(dir.join(CONSOLE_FILE));
+    vm.disks = vec![
+        DiskConfig {
+            path: image_disk.to_owned(),
+            read_only: true,
+            id: None,
+        },
+        DiskConfig {
+            path: dir.join(SCRATCH_FILE),
+            read_only: false,
+            id: None,
+        },
+    ];
+    vm.nets = task
+        .network
+        .iter()
+        .map(|net| NetConfig {
+            tap: net.tap.clone(),
+            mac: None,
+        })
+        .collect();
+    vm.vsock = Some(VsockConfig {
+        cid: GUEST_CID,
+        uds: dir.join(VSOCK_FILE),
+    });
+    Ok(vm)
+}
+
+/// The command that starts the task's VMM with the configuration in `config_file`: `skiff-vmm
+/// --config FILE`, or `skiff-jailer ... --vm-config FILE` for a jailed task.
+pub fn vmm_command(task: &TaskConfig, config_file: &Path) -> Command {
+    match &task.jail {
+        None => {
+            let mut command = Command::new(&task.vmm);
+            command.arg("--config").arg(config_file);
+            command
+        }
+        Some(jail) => {
+            let mut command = Command::new(&jail.jailer);
+            command
+                .args(["--id", &jail.id])
+                .arg("--exec-file")
+                .arg(&task.vmm)
+                .args(["--uid", &jail.uid.to_string()])
+                .args(["--gid", &jail.gid.to_string()])
+                .arg("--chroot-base")
+                .arg(&jail.chroot_base)
+                .args(["--cgroup", &format!("memory={}M", jail.memory_limit_mib)])
+                .args(["--cgroup", &format!("cpus={}", jail.cpus)])
+                .args(["--cgroup", &format!("pids={}", jail.pids)])
+                .args(["--resource-limit", &format!("no-file={}", jail.nofile)])
+                .arg("--vm-config")
+                .arg(config_file);
+            command
+        }
+    }
+}
+
+/// Removes a jail when dropped (after the VMM it holds: declare it before the [`Vmm`]).
+struct JailCleanup<'a>(&'a JailSettings);
+
+impl Drop for JailCleanup<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = cleanup_jail(self.0, JAIL_CLEANUP_TIMEOUT) {
+            eprintln!("skiff: jail {} was not removed: {e}", self.0.id);
+        }
+    }
+}
+
+/// Runs `skiff-jailer --cleanup` for the jail, again while it fails (a killed VMM may still be
+/// leaving its cgroup), for at most `timeout`.
+fn cleanup_jail(jail: &JailSettings, timeout: Duration) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut child = Command::new(&jail.jailer)
+            .args(["--cleanup", "--id", &jail.id])
+            .arg("--chroot-base")
+            .arg(&jail.chroot_base)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", jail.jailer.display()))?;
+        let failure = loop {
+            match child.try_wait() {
+                Ok(Some(status)) if status.success() => return Ok(()),
+                Ok(Some(status)) => {
+                    let mut stderr = String::new();
+                    if let Some(mut pipe) = child.stderr.take() {
+                        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+                    }
+                    break format!("{status}: {}", stderr.trim());
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
+                Ok(None) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(format!("--cleanup did not finish within {timeout:?}"));
+                }
+                Err(e) => break e.to_string(),
+            }
+        };
+        if Instant::now() >= deadline {
+            return Err(failure);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Hands `path` to the jail's uid and gid.
+fn hand_to(jail: &JailSettings, path: &Path) -> Result<(), RunError> {
+    std::os::unix::fs::chown(path, Some(jail.uid), Some(jail.gid)).map_err(|source| {
+        RunError::TaskDir {
+            path: path.to_owned(),
+            source,
+        }
+    })
+}
+
+/// The VMM's pid as the jailer reports it on stderr (`... running as pid N`).
+fn jailed_vmm_pid(jailer_log: &Path) -> Option<u32> {
+    let log = std::fs::read_to_string(jailer_log).ok()?;
+    log.lines()
+        .find_map(|l| l.split("running as pid ").nth(1))
+        .and_then(|pid| pid.trim().parse().ok())
+}
+
 /// Runs the task; `stop` (when readable) requests a stop; `on_output` gets the container's
 /// output as it comes.
+///
+/// The VMM (or the jailer, whose VMM dies with it) gets `PR_SET_PDEATHSIG` = SIGKILL, which
+/// follows the *thread* that spawned it: call this from the thread that lives as long as the task
+/// (the monitor process's main thread), never from a short-lived worker thread, or the VM is
+/// killed when that thread ends.
 pub fn run_task(
     task: &TaskConfig,
     stop: Option<BorrowedFd<'_>>,
@@ -267,55 +488,59 @@ pub fn run_task(
         source,
     })?;
     let dir = TaskDir(dir);
-    let scratch = dir.0.join("scratch.img");
+    let scratch = dir.0.join(SCRATCH_FILE);
     scratch_disk::create(&scratch, task.ephemeral_storage)?;
-    let uds = dir.0.join("v.sock");
+    let vm = vm_config(task, &image_disk, &dir.0)?;
+    vm.validate()?;
+    let uds = dir.0.join(VSOCK_FILE);
     let listener = ControlListener::bind(&uds)?;
-    let console = dir.0.join("console.log");
-    let vmm_log_path = dir.0.join("vmm.log");
+    if let Some(jail) = &task.jail {
+        // The jailed VMM writes its scratch disk, creates its socket and console log in the
+        // task's directory (mounted in the jail), and connects to the control socket.
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).map_err(
+            |source| RunError::TaskDir {
+                path: dir.0.clone(),
+                source,
+            },
+        )?;
+        for path in [&dir.0, &scratch, &control_socket_path(&uds)] {
+            hand_to(jail, path)?;
+        }
+    }
+    let config_file = dir.0.join(VM_CONFIG_FILE);
+    std::fs::write(&config_file, vm.to_json()?).map_err(|source| RunError::TaskDir {
+        path: config_file.clone(),
+        source,
+    })?;
+    let console = dir.0.join(CONSOLE_FILE);
+    let vmm_log_path = dir.0.join(VMM_LOG_FILE);
     let vmm_log = std::fs::File::create(&vmm_log_path).map_err(|source| RunError::TaskDir {
         path: vmm_log_path.clone(),
         source,
     })?;
 
-    let cmdline = kernel_cmdline(task)?;
     let to_vmm_spawn = start.elapsed();
-    let mut vmm_command = Command::new(&task.vmm);
+    let mut vmm_command = vmm_command(task, &config_file);
     // SAFETY: prctl in the forked child before exec; no allocation, no locks.
     unsafe {
         vmm_command.pre_exec(|| {
-            // The VM does not outlive its runner.
+            // The VM does not outlive the thread that runs the task (see above).
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    if let Some(net) = &task.network {
-        vmm_command.arg("--net").arg(format!("tap={}", net.tap));
-    }
+    // Declared before the VMM: dropped after it, once the VMM is gone.
+    let _jail_cleanup = task.jail.as_ref().map(JailCleanup);
     let mut vmm = Vmm(vmm_command
-        .arg("--kernel")
-        .arg(&task.kernel)
-        .arg("--initrd")
-        .arg(&task.initramfs)
-        .args(["--vcpus", &task.vcpus.to_string()])
-        .args(["--memory-mib", &task.memory_mib.to_string()])
-        .arg("--disk")
-        .arg(format!("path={},ro=true", image_disk.display()))
-        .arg("--disk")
-        .arg(format!("path={}", scratch.display()))
-        .arg("--vsock")
-        .arg(format!("cid={GUEST_CID},uds={}", uds.display()))
-        .arg("--serial-out")
-        .arg(&console)
-        .args(["--cmdline", &cmdline])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(vmm_log)
         .spawn()
         .map_err(|source| RunError::SpawnVmm {
-            vmm: task.vmm.clone(),
+            vmm: vmm_command.get_program().into(),
             source,
         })?);
 
@@ -339,17 +564,21 @@ pub fn run_task(
     let to_hello = start.elapsed();
     let mut to_started = None;
     let mut vmm_overhead = None;
-    let vmm_pid = vmm.0.id();
+    let vmm_pid = match &task.jail {
+        None => Some(vmm.0.id()),
+        Some(_) => jailed_vmm_pid(&vmm_log_path),
+    };
     let guest_bytes = task.memory_mib << 20;
     let container = control.run_container(&spec, stop, |event| {
         if let ContainerEvent::Started { .. } = event {
             to_started = Some(start.elapsed());
-            vmm_overhead = vmm_overhead_kib(vmm_pid, guest_bytes).ok();
+            vmm_overhead = vmm_pid.and_then(|pid| vmm_overhead_kib(pid, guest_bytes).ok());
         }
         on_event(event);
     })?;
     let to_exited = start.elapsed();
     control.shutdown()?;
+    // A jailer's peak RSS includes its reaped VMM's.
     let vmm_max_rss_kib = wait_vmm(&mut vmm, VMM_EXIT_TIMEOUT);
     let to_vmm_exit = start.elapsed();
     Ok(TaskOutcome {
@@ -439,6 +668,7 @@ mod tests {
             kernel: PathBuf::new(),
             initramfs: PathBuf::new(),
             run_dir: PathBuf::new(),
+            jail: None,
         }
     }
 
@@ -499,6 +729,258 @@ mod tests {
         );
         t.hostname = "x skiff.panic".into();
         assert!(matches!(kernel_cmdline(&t), Err(RunError::Hostname { .. })));
+    }
+
+    #[test]
+    fn the_vm_configuration_has_the_task_disks_socket_console_and_network() {
+        let mut t = task();
+        t.kernel = "/k/vmlinux".into();
+        t.initramfs = "/k/initramfs.cpio".into();
+        t.vcpus = 2;
+        t.network = Some(TaskNetwork {
+            tap: "tap7".into(),
+            address: "172.16.0.2".parse().unwrap(),
+            prefix_len: 30,
+            gateway: None,
+            dns: vec![],
+        });
+        let dir = Path::new("/run/skiff/task-1-1");
+        let vm = vm_config(&t, Path::new("/store/disks/ab.img"), dir).unwrap();
+        assert_eq!(vm.kernel, Path::new("/k/vmlinux"));
+        assert_eq!(vm.initrd.as_deref(), Some(Path::new("/k/initramfs.cpio")));
+        assert_eq!(vm.cmdline, kernel_cmdline(&t).unwrap());
+        assert_eq!((vm.vcpus, vm.memory_mib), (2, 256));
+        assert_eq!(
+            vm.serial_out,
+            SerialOutput::File(dir.join("console.log")),
+            "the console log is in the task's directory"
+        );
+        assert_eq!(
+            vm.disks,
+            [
+                DiskConfig {
+                    path: "/store/disks/ab.img".into(),
+                    read_only: true,
+                    id: None
+                },
+                DiskConfig {
+                    path: dir.join("scratch.img"),
+                    read_only: false,
+                    id: None
+                },
+            ]
+        );
+        assert_eq!(
+            vm.nets,
+            [NetConfig {
+                tap: "tap7".into(),
+                mac: None
+            }]
+        );
+        assert_eq!(
+            vm.vsock,
+            Some(VsockConfig {
+                cid: GUEST_CID,
+                uds: dir.join("v.sock")
+            })
+        );
+        assert!(!vm.rng && !vm.serial_in);
+        vm.validate_values().unwrap();
+        // What the VMM reads back is what was meant.
+        let back: VmConfig = serde_json::from_str(&vm.to_json().unwrap()).unwrap();
+        assert_eq!(back, vm);
+        assert!(matches!(
+            vm_config(
+                &TaskConfig {
+                    hostname: "bad host".into(),
+                    ..t
+                },
+                Path::new("/d"),
+                dir
+            ),
+            Err(RunError::Hostname { .. })
+        ));
+    }
+
+    #[test]
+    fn the_vmm_is_started_with_its_configuration_directly_or_through_the_jailer() {
+        let args = |c: &Command| -> Vec<String> {
+            c.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect()
+        };
+        let mut t = task();
+        t.vmm = "/static/skiff-vmm".into();
+        t.vcpus = 2;
+        let file = Path::new("/run/skiff/task-1-1/vm.json");
+        let direct = vmm_command(&t, file);
+        assert_eq!(direct.get_program(), "/static/skiff-vmm");
+        assert_eq!(args(&direct), ["--config", "/run/skiff/task-1-1/vm.json"]);
+
+        t.jail = Some(JailSettings::for_task(
+            "/static/skiff-jailer".into(),
+            "task-7".into(),
+            (10_001, 10_002),
+            "/srv/jailer".into(),
+            t.vcpus,
+            t.memory_mib,
+        ));
+        let jailed = vmm_command(&t, file);
+        assert_eq!(jailed.get_program(), "/static/skiff-jailer");
+        assert_eq!(
+            args(&jailed),
+            [
+                "--id",
+                "task-7",
+                "--exec-file",
+                "/static/skiff-vmm",
+                "--uid",
+                "10001",
+                "--gid",
+                "10002",
+                "--chroot-base",
+                "/srv/jailer",
+                "--cgroup",
+                "memory=288M",
+                "--cgroup",
+                "cpus=2",
+                "--cgroup",
+                "pids=32",
+                "--resource-limit",
+                "no-file=128",
+                "--vm-config",
+                "/run/skiff/task-1-1/vm.json",
+            ]
+        );
+    }
+
+    /// A store holding `img:1` (a command, one layer) under `root`.
+    fn store_with_an_image(root: &Path) -> PathBuf {
+        use images::store::{ImageRecord, Layer};
+        let dir = root.join("store");
+        let store = Store::open(&dir).unwrap();
+        let config = store
+            .put_bytes(br#"{"os":"linux","architecture":"amd64","config":{"Cmd":["true"]}}"#)
+            .unwrap();
+        let layer = store.put_bytes(b"not really a tar").unwrap();
+        let record = ImageRecord {
+            manifest: store.put_bytes(b"manifest").unwrap(),
+            config,
+            layers: vec![Layer {
+                digest: layer,
+                media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+                size: 16,
+            }],
+        };
+        store.tag("img:1", record).unwrap();
+        dir
+    }
+
+    fn script(path: &Path, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::write(path, format!("#!/bin/sh\n{body}")).unwrap();
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+        path.to_owned()
+    }
+
+    #[test]
+    fn a_task_starts_its_vmm_with_the_configuration_it_wrote_jailed_or_not() {
+        let root = std::env::temp_dir().join(format!("skiff-launch-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let r = root.display();
+        // Stand-ins that record what they were given and exit before guest-init could connect.
+        let vmm = script(
+            &root.join("vmm"),
+            &format!(
+                "echo \"$@\" > {r}/args; cp \"$2\" {r}/seen.json; echo vmm-failed >&2; exit 3\n"
+            ),
+        );
+        let jailer = script(
+            &root.join("jailer"),
+            &format!(
+                "if [ \"$1\" = --cleanup ]; then echo \"$@\" >> {r}/cleanups; exit 0; fi\n\
+                 echo \"$@\" > {r}/args; for a; do last=$a; done; cp \"$last\" {r}/seen.json\n\
+                 d=$(dirname \"$last\"); stat -c '%u:%g %a' $d $d/scratch.img $d/v.sock_1024 > {r}/owners\n\
+                 exit 1\n"
+            ),
+        );
+        let mut t = task();
+        t.store = store_with_an_image(&root);
+        t.image = "img:1".into();
+        t.vmm = vmm.clone();
+        t.kernel = vmm.clone();
+        t.initramfs = vmm.clone();
+        t.run_dir = root.join("run");
+        t.ephemeral_storage = 32 << 20;
+        t.boot_timeout = Duration::from_secs(20);
+
+        let err = run_task(&t, None, |_| {}).unwrap_err();
+        match &err {
+            RunError::VmmDied { status, log } => {
+                assert!(status.contains('3'), "{err}");
+                assert!(log.contains("vmm-failed"), "{err}");
+            }
+            other => panic!("{other}"),
+        }
+        let args = std::fs::read_to_string(root.join("args")).unwrap();
+        let (flag, file) = args.trim().split_once(' ').unwrap();
+        assert_eq!(flag, "--config");
+        let task_dir = Path::new(file).parent().unwrap().to_owned();
+        assert!(task_dir.starts_with(&t.run_dir) && file.ends_with("/vm.json"));
+        let seen = VmConfig::from_file(&root.join("seen.json")).unwrap();
+        assert_eq!(seen.disks[1].path, task_dir.join("scratch.img"));
+        assert_eq!(seen.vsock.unwrap().uds, task_dir.join("v.sock"));
+        assert!(seen.disks[0].path.starts_with(&t.store) && seen.disks[0].read_only);
+        assert!(!task_dir.exists(), "the task's directory is removed");
+
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("the jailed half needs root (chown): skipped");
+            std::fs::remove_dir_all(&root).unwrap();
+            return;
+        }
+        t.jail = Some(JailSettings::for_task(
+            jailer,
+            "launch-1".into(),
+            (10_001, 10_002),
+            root.join("jails"),
+            t.vcpus,
+            t.memory_mib,
+        ));
+        assert!(matches!(
+            run_task(&t, None, |_| {}),
+            Err(RunError::VmmDied { .. })
+        ));
+        let args = std::fs::read_to_string(root.join("args")).unwrap();
+        assert!(args.starts_with("--id launch-1 --exec-file "), "{args}");
+        assert!(args.contains(" --vm-config "), "{args}");
+        // The task's directory (mode 0700), scratch disk and control socket were the jail's.
+        let owners = std::fs::read_to_string(root.join("owners")).unwrap();
+        let owners: Vec<&str> = owners.lines().collect();
+        assert_eq!(owners[0], "10001:10002 700", "{owners:?}");
+        assert!(owners[1].starts_with("10001:10002 "), "{owners:?}");
+        assert!(owners[2].starts_with("10001:10002 "), "{owners:?}");
+        // And the jail was cleaned up once the jailer had exited.
+        assert_eq!(
+            std::fs::read_to_string(root.join("cleanups")).unwrap(),
+            format!("--cleanup --id launch-1 --chroot-base {r}/jails\n")
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn the_jailed_vmm_pid_comes_from_the_jailer_log() {
+        let path = std::env::temp_dir().join(format!("skiff-jlog-{}", std::process::id()));
+        std::fs::write(
+            &path,
+            "skiff-jailer: VMM for t running as pid 4242\nboot: ...\n",
+        )
+        .unwrap();
+        assert_eq!(jailed_vmm_pid(&path), Some(4242));
+        std::fs::write(&path, "skiff-jailer: error: x\n").unwrap();
+        assert_eq!(jailed_vmm_pid(&path), None);
+        std::fs::remove_file(&path).unwrap();
     }
 
     #[test]

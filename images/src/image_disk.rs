@@ -71,8 +71,38 @@ pub fn disk_path(store_root: &Path, record: &ImageRecord) -> PathBuf {
         .join(format!("{}.img", record.manifest.hex()))
 }
 
-/// Returns the image disk of `record`, building it first if it does not exist yet (written to a
-/// temporary file and renamed: a disk file is complete or absent).
+/// Numbers the temporary files of this process (with the pid and the clock, a unique name).
+static NEXT_TMP: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// A new temporary file in `dir` for the disk `hex`, never one another builder is writing:
+/// `.<hex>.<pid>.<counter>.<nanoseconds>.tmp`, created exclusively.
+fn create_temp(dir: &Path, hex: &str) -> Result<(PathBuf, File), ImageDiskError> {
+    let mut attempts = 0;
+    loop {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos());
+        let n = NEXT_TMP.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let tmp = dir.join(format!(".{hex}.{}.{n}.{nanos}.tmp", std::process::id()));
+        match fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+        {
+            Ok(file) => return Ok((tmp, file)),
+            // Left over by a killed process of the same pid: take another name.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 100 => {
+                attempts += 1
+            }
+            Err(source) => return Err(ImageDiskError::Io { path: tmp, source }),
+        }
+    }
+}
+
+/// Returns the image disk of `record`, building it first if it does not exist yet. Each builder
+/// writes a temporary file of its own and links it into place atomically: a disk file is
+/// complete or absent, and when two tasks of a new image build it at once, the first one in place
+/// stays (the other's copy is dropped).
 pub fn ensure(
     store: &Store,
     store_root: &Path,
@@ -87,25 +117,43 @@ pub fn ensure(
         path: dir.clone(),
         source,
     })?;
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        record.manifest.hex(),
-        std::process::id()
-    ));
-    let result = write(store, record, &tmp);
-    if let Err(e) = result {
-        let _ = fs::remove_file(&tmp);
-        return Err(e);
+    let (tmp, file) = create_temp(&dir, &record.manifest.hex())?;
+    let result = write_file(store, record, file, &tmp).and_then(|_| put_in_place(&tmp, &path));
+    let _ = fs::remove_file(&tmp);
+    result.map(|()| path)
+}
+
+/// Links the complete disk `tmp` to `path` unless a disk is there already (link(2) never
+/// replaces: a disk another builder put in place first is kept, and tasks may have it open).
+fn put_in_place(tmp: &Path, path: &Path) -> Result<(), ImageDiskError> {
+    match fs::hard_link(tmp, path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
+        // A filesystem without hard links: rename, which replaces a complete disk with another
+        // complete one of the same content.
+        Err(_) => fs::rename(tmp, path).map_err(|source| ImageDiskError::Io {
+            path: path.to_owned(),
+            source,
+        }),
     }
-    fs::rename(&tmp, &path).map_err(|source| ImageDiskError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    Ok(path)
 }
 
 /// Writes the image disk of `record` to `out`.
 pub fn write(store: &Store, record: &ImageRecord, out: &Path) -> Result<Toc, ImageDiskError> {
+    let file = File::create(out).map_err(|source| ImageDiskError::Io {
+        path: out.to_owned(),
+        source,
+    })?;
+    write_file(store, record, file, out)
+}
+
+/// Writes the image disk of `record` to `file` (empty, at `out`).
+fn write_file(
+    store: &Store,
+    record: &ImageRecord,
+    mut file: File,
+    out: &Path,
+) -> Result<Toc, ImageDiskError> {
     let io = |source| ImageDiskError::Io {
         path: out.to_owned(),
         source,
@@ -174,7 +222,6 @@ pub fn write(store: &Store, record: &ImageRecord, out: &Path) -> Result<Toc, Ima
         ..header
     }
     .encode()?;
-    let mut file = File::create(out).map_err(io)?;
     file.write_all(&header).map_err(io)?;
     file.write_all(&json).map_err(io)?;
     for extent in std::iter::once(&toc.config).chain(&toc.layers) {
@@ -299,6 +346,58 @@ mod tests {
         store.remove("img:1").unwrap();
         store.gc().unwrap();
         assert!(!path.exists());
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn two_tasks_building_a_new_image_disk_at_once_both_get_a_complete_one() {
+        let (root, _, record) = setup("concurrent");
+        for round in 0..4 {
+            let _ = fs::remove_file(disk_path(&root, &record));
+            let barrier = std::sync::Barrier::new(2);
+            let paths: Vec<PathBuf> = std::thread::scope(|s| {
+                let builders: Vec<_> = (0..2)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let store = Store::open(&root).unwrap();
+                            barrier.wait();
+                            ensure(&store, &root, &record)
+                        })
+                    })
+                    .collect();
+                builders
+                    .into_iter()
+                    .map(|b| b.join().unwrap().unwrap())
+                    .collect()
+            });
+            assert_eq!(paths[0], paths[1], "round {round}");
+            let size = fs::metadata(&paths[0]).unwrap().len();
+            let toc = read_toc(&mut File::open(&paths[0]).unwrap(), size).unwrap();
+            assert_eq!(toc.layers.len(), 2, "round {round}");
+            let left: Vec<_> = fs::read_dir(root.join("disks"))
+                .unwrap()
+                .map(|e| e.unwrap().file_name())
+                .filter(|n| n.to_string_lossy().ends_with(".tmp"))
+                .collect();
+            assert!(left.is_empty(), "temporary files left: {left:?}");
+        }
+        fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_disk_that_appeared_meanwhile_is_kept() {
+        let (root, store, record) = setup("kept");
+        let dir = root.join("disks");
+        fs::create_dir_all(&dir).unwrap();
+        let path = disk_path(&root, &record);
+        // Another builder's disk appears while this one writes: it stays.
+        fs::write(&path, b"the other builder's disk").unwrap();
+        let (tmp, file) = create_temp(&dir, &record.manifest.hex()).unwrap();
+        let (tmp2, _) = create_temp(&dir, &record.manifest.hex()).unwrap();
+        assert_ne!(tmp, tmp2, "every builder has a file of its own");
+        write_file(&store, &record, file, &tmp).unwrap();
+        put_in_place(&tmp, &path).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"the other builder's disk");
         fs::remove_dir_all(root).unwrap();
     }
 

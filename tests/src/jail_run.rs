@@ -1,5 +1,6 @@
-//! Running `skiff-jailer` from tests: start it, wait for a line of the guest's console, find the
-//! VMM's pid, and stop and clean up afterwards.
+//! Running `skiff-jailer` from tests: write the VM's configuration, start the jailer with it, wait
+//! for a line of its output (the guest's console, when it goes to stdout), find the VMM's pid, and
+//! stop and clean up afterwards.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -7,7 +8,16 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+use vmm::config::VmConfig;
+
 use crate::artefacts::Artefact;
+
+/// Writes `vm` as JSON to `path` (for `--vm-config`) and returns the path.
+pub fn write_vm_config(path: &Path, vm: &VmConfig) -> PathBuf {
+    std::fs::write(path, vm.to_json().expect("the VM configuration is JSON"))
+        .expect("the VM configuration is written");
+    path.to_owned()
+}
 
 /// A running jailer (and its VMM).
 pub struct RunningJail {
@@ -20,14 +30,14 @@ pub struct RunningJail {
     pub output: Vec<String>,
 }
 
-/// Starts `skiff-jailer --id ID --uid UID --gid UID --chroot-base BASE JAILER_ARGS -- VMM_ARGS`
-/// and waits until a console line contains `ready` (or panics after `timeout`).
+/// Starts `skiff-jailer --id ID --uid UID --gid UID --chroot-base BASE JAILER_ARGS --vm-config
+/// VM_CONFIG` and waits until a line of its output contains `ready` (or panics after `timeout`).
 pub fn start(
     id: &str,
     uid: u32,
     base: &Path,
     jailer_args: &[&str],
-    vmm_args: &[&str],
+    vm_config: &Path,
     ready: &str,
     timeout: Duration,
 ) -> RunningJail {
@@ -45,8 +55,8 @@ pub fn start(
         .arg("--chroot-base")
         .arg(base)
         .args(jailer_args)
-        .arg("--")
-        .args(vmm_args)
+        .arg("--vm-config")
+        .arg(vm_config)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -114,6 +124,16 @@ impl RunningJail {
             self.output.push(line);
         }
         (status.code(), std::mem::take(&mut self.output))
+    }
+
+    /// Kills the jailer itself (SIGKILL) and returns what it printed; its VMM should die with it.
+    pub fn kill_jailer(mut self) -> Vec<String> {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+            self.output.push(line);
+        }
+        std::mem::take(&mut self.output)
     }
 
     /// The jail's directory.

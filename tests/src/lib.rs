@@ -9,3 +9,4 @@ pub mod jail_run;
 pub mod nested;
 pub mod process;
 pub mod qemu;
+pub mod skiffd;

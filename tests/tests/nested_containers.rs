@@ -3,8 +3,9 @@
 //! `skiff-vmm`: output and exit codes, a SIGKILLed process, env/workdir/user, the layer
 //! semantics (whiteouts, opaque directories, hard links, owners), 50 MiB on stdout and stderr in
 //! order, stop requests (a process that exits on SIGTERM, one that ignores it and is killed after
-//! the stop timeout), a missing program, a layer with `../` entries failing the task cleanly, and
-//! an HTTP server in a container reached over the task's tap.
+//! the stop timeout), a missing program, a layer with `../` entries failing the task cleanly, an
+//! HTTP server in a container reached over the task's tap, and a task whose VMM runs in a jail
+//! (`skiff-run --jailer`), which leaves neither jail nor task directory behind.
 
 use skiff_tests::artefacts::{require, workspace_root, Artefact, Need};
 use skiff_tests::containers::{
@@ -33,6 +34,7 @@ fn containers_run_from_images_in_their_own_microvms() {
         .map(|a| Need::Artefact(*a))
         .collect();
     needs.push(Need::Artefact(Artefact::Probe));
+    needs.push(Need::Artefact(Artefact::SkiffJailer));
     for image in ["busybox", "layers", "evil", "httpd"] {
         needs.push(Need::Artefact(Artefact::TestImage(image)));
     }
@@ -45,6 +47,8 @@ fn containers_run_from_images_in_their_own_microvms() {
     import_test_images(&store, &["busybox", "layers", "evil", "httpd"]).unwrap();
     let mut host = container_host(&store).unwrap();
     host.file("bin/skiff-probe", &Artefact::Probe.path())
+        .unwrap();
+    host.binary("skiff/skiff-jailer", &Artefact::SkiffJailer.path())
         .unwrap();
 
     let bb = "--image busybox:latest";
@@ -101,6 +105,17 @@ fn containers_run_from_images_in_their_own_microvms() {
             ),
         ),
         ("evil", "run --image evil:latest -- true".into()),
+        (
+            "jailed",
+            format!(
+                "mkdir -p /srv/jailer\n\
+                 run --jailer /skiff/skiff-jailer --uid 10001 --gid 10001 {bb} -- \
+                 sh -c 'echo jailed-hello; exit 4'; s=$?\n\
+                 echo \"jails-left $(ls /srv/jailer/skiff-vmm | wc -l)\"\n\
+                 echo \"task-dirs-left $(ls /run/skiff | wc -l)\"\n\
+                 (exit $s)"
+            ),
+        ),
         (
             "httpd",
             "ip link set lo up; skiff-probe tap-add tap0 && ip addr add 172.16.0.1/30 dev tap0 \
@@ -188,6 +203,15 @@ fn containers_run_from_images_in_their_own_microvms() {
     let (out, status) = case("httpd");
     assert!(out.starts_with("hello from skiff httpd\n"), "{out}");
     assert_eq!(status, 128 + 15, "{out}");
+
+    // The same task with its VMM in a jail (relocated disks, vsock socket and console log; the
+    // control channel reached from inside the jail), all of it removed afterwards.
+    let (out, status) = case("jailed");
+    assert_eq!(status, 4, "{out}");
+    assert_eq!(
+        out, "jailed-hello\njails-left 0\ntask-dirs-left 0\n",
+        "{console}"
+    );
 
     let (out, status) = case("evil");
     assert_eq!(status, 125, "{out}");

@@ -1,12 +1,14 @@
 //! `skiff-jailer` inside the nested test host (cgroup v2 only) with real Linux guests: the jailed
 //! VMM's isolation (with a disk, and a tap in the task's network namespace that the guest pings
-//! through), a guest that uses all of its memory staying within the VMM's cgroup limit,
-//! and a fork bomb inside a guest leaving the host alone. One nested boot.
+//! through) and its vsock and console in the task's run directory (the control channel's
+//! guest-initiated connection and host-initiated streams through the jail), a guest that uses all
+//! of its memory staying within the VMM's cgroup limit, and a fork bomb inside a guest leaving the
+//! host alone. One nested boot.
 
 use std::time::Duration;
 
 use skiff_tests::artefacts::{require, workspace_root, Artefact, Need};
-use skiff_tests::guest_image::write_test_initramfs;
+use skiff_tests::guest_image::write_probe_initramfs;
 use skiff_tests::nested::NestedHost;
 
 const SLEEP: &str = "/bin/busybox --install -s /bin\necho 'guest: sleeping'\nping -c 2 -W 10 172.16.0.1 >/dev/null && echo 'guest: ping ok'\nsleep 4\necho 'guest: done'\n";
@@ -24,7 +26,12 @@ J="/skiff/skiff-jailer"
 mkdir -p /srv/jailer
 dd if=/dev/zero of=/tmp/disk.img bs=1M count=8 2>/dev/null
 CMD="console=ttyS0 reboot=k panic=-1 quiet"
-vmm_args() { echo "--kernel /skiff/vmlinux --initrd /skiff/test.cpio --memory-mib GUEST_MIB"; }
+vm_json() { # file "cmdline settings" [more JSON members]: the VM configuration for --vm-config
+    cat > "$1" <<EOF
+{"kernel": "/skiff/vmlinux", "initrd": "/skiff/test.cpio", "memory_mib": GUEST_MIB,
+ "cmdline": "$CMD $2"$3}
+EOF
+}
 # What the host knows when a step takes too long.
 diagnose() { # log
     echo "check: stuck; $1 ends with:"; tail -n 20 "$1"
@@ -48,18 +55,32 @@ wait_exit() { # pid log: the jailer's exit status, killing it after 300 s
 vmm_pid() { sed -n 's/.*running as pid //p' "$1"; }
 
 # 1. Isolation, with a real guest, a disk and a tap (owned by the jail's uid, in a network
-#    namespace of the task's own: a process holds it, the jailer joins it by /proc path).
+#    namespace of the task's own: a process holds it, the jailer joins it by /proc path); its
+#    console and vsock sockets in the task's run directory (the jail's /run/task), where the
+#    host serves the control channel (a guest-initiated connection) and streams to the guest.
 unshare -n sleep 100000 &
 NS=$!
 sleep 0.5
 nsenter -n -t $NS sh -c 'ip link set lo up && skiff-probe tap-add tap0 10001 &&
     ip addr add 172.16.0.1/30 dev tap0 && ip link set tap0 up' || echo "check: tap-failed"
+R=/tmp/run-real-1
+mkdir -p $R && chown 10001:10001 $R && chmod 0700 $R
+vm_json /tmp/real.json "skiff.control skiff.run=/sleep.sh skiff.ip=172.16.0.2/30" \
+    ", \"disks\": [{\"path\": \"/tmp/disk.img\"}], \"nets\": [{\"tap\": \"tap0\"}],
+     \"vsock\": {\"cid\": 3, \"uds\": \"$R/v.sock\"}, \"serial_out\": \"$R/console.log\""
+# The control socket is made connectable for the jail's uid (umask 0; the directory is the task's).
+(umask 0; exec skiff-probe control $R/v.sock 'expect=echo hi=>hi' \
+    'exec=/bin/busybox --install -s /bin' 'exec=skiff-probe guest-echo 5000 >/dev/null 2>&1 &' \
+    'exec=sleep 1' 'streams=5000:2:1048576') > /tmp/control.log 2>&1 &
+CP=$!
 $J --id real-1 --exec-file /skiff/skiff-vmm --uid 10001 --gid 10001 --netns /proc/$NS/ns/net \
    --cgroup memory=LIMIT_MIBM --cgroup cpus=1 --cgroup pids=32 --resource-limit no-file=128 \
-   -- $(vmm_args) --disk path=/tmp/disk.img --net tap=tap0 \
-   --cmdline "$CMD skiff.run=/sleep.sh skiff.ip=172.16.0.2/30" > /tmp/real.log 2>&1 &
+   --vm-config /tmp/real.json > /tmp/real.log 2>&1 &
 JP=$!
-wait_for /tmp/real.log "guest: sleeping" || echo "check: real-timeout"
+wait_exit $CP /tmp/control.log; echo "check: control-exit $?"
+sed 's/^/control: /' /tmp/control.log | tail -n 20
+echo "check: vsock-owner $(stat -c %u $R/v.sock)"
+wait_for $R/console.log "guest: sleeping" || echo "check: real-timeout"
 P=$(vmm_pid /tmp/real.log)
 [ "$(readlink /proc/$P/ns/net)" = "$(readlink /proc/$NS/ns/net)" ] && echo "check: ns-net task"
 echo "check: tap $(grep -h '^iff:' /proc/$P/fdinfo/* 2>/dev/null | cut -f2)"
@@ -69,6 +90,7 @@ echo "check: nnp $(sed -n 's/^NoNewPrivs:\s*//p' /proc/$P/status)"
 echo "check: seccomp $(for t in /proc/$P/task/*; do sed -n 's/^Seccomp:\s*//p' $t/status; done | sort -u | tr '\n' ' ')"
 echo "check: threads $(ls /proc/$P/task | wc -l)"
 echo "check: root $(ls /proc/$P/root | tr '\n' ' ')"
+echo "check: run-task $(ls /proc/$P/root/run/task | tr '\n' ' ')"
 echo "check: devices $(cd /proc/$P/root/dev && ls kvm urandom net/tun | tr '\n' ' ')"
 for ns in pid mnt ipc uts; do
     [ "$(readlink /proc/$P/ns/$ns)" != "$(readlink /proc/self/ns/$ns)" ] && echo "check: ns-$ns differs"
@@ -78,15 +100,16 @@ G=/sys/fs/cgroup/skiff/real-1
 echo "check: limits $(cat $G/memory.max) $(cat $G/cpu.max) $(cat $G/pids.max)"
 echo "check: etc-visible $([ -e /proc/$P/root/etc ] && echo yes || echo no)"
 wait_exit $JP /tmp/real.log; echo "check: real-exit $?"
-grep -q "guest: ping ok" /tmp/real.log && echo "check: real-guest-ping"
-grep -q "guest: done" /tmp/real.log && echo "check: real-guest-done"
+grep -q "guest: ping ok" $R/console.log && echo "check: real-guest-ping"
+grep -q "guest: done" $R/console.log && echo "check: real-guest-done"
 kill $NS
 $J --cleanup --id real-1
 echo "check: real-cleaned $([ -e /srv/jailer/skiff-vmm/real-1 ] || [ -e $G ] && echo no || echo yes)"
 
 # 2. A guest that uses all of its memory.
+vm_json /tmp/mem.json "skiff.run=/fill.sh"
 $J --id mem-1 --exec-file /skiff/skiff-vmm --uid 10002 --gid 10002 --cgroup memory=LIMIT_MIBM \
-   -- $(vmm_args) --cmdline "$CMD skiff.run=/fill.sh" > /tmp/mem.log 2>&1 &
+   --vm-config /tmp/mem.json > /tmp/mem.log 2>&1 &
 wait_exit $! /tmp/mem.log; echo "check: mem-exit $?"
 grep "guest: filled" /tmp/mem.log | sed 's/^/check: /'
 G=/sys/fs/cgroup/skiff/mem-1
@@ -96,8 +119,9 @@ echo "check: mem-oom-kills $(sed -n 's/^oom_kill //p' $G/memory.events)"
 $J --cleanup --id mem-1
 
 # 3. A fork bomb inside the guest.
+vm_json /tmp/bomb.json "skiff.run=/bomb.sh"
 $J --id bomb-1 --exec-file /skiff/skiff-vmm --uid 10003 --gid 10003 --cgroup pids=16 \
-   -- $(vmm_args) --cmdline "$CMD skiff.run=/bomb.sh" > /tmp/bomb.log 2>&1 &
+   --vm-config /tmp/bomb.json > /tmp/bomb.log 2>&1 &
 JP=$!
 wait_for /tmp/bomb.log "guest: bombing" || echo "check: bomb-timeout"
 # Long enough for the bomb to fill the guest; short, since the emulated nested host has frozen
@@ -141,7 +165,7 @@ fn jailed_vmms_in_the_nested_host() {
     let dir = workspace_root().join(format!("target/nested/jailer-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let initramfs = dir.join("test.cpio");
-    write_test_initramfs(
+    write_probe_initramfs(
         &[("sleep.sh", SLEEP), ("fill.sh", FILL), ("bomb.sh", BOMB)],
         &initramfs,
     )
@@ -170,8 +194,27 @@ fn jailed_vmms_in_the_nested_host() {
     assert_eq!(check(c, "seccomp"), "2", "every thread filtered: {c}");
     assert_eq!(
         check(c, "root"),
-        "dev disk0 initrd skiff-vmm vmlinux",
+        "dev disk0 initrd run skiff-vmm vm.json vmlinux",
         "{c}"
+    );
+    // The console and the VMM's socket in the task's run directory, through the jail's
+    // /run/task (the host's control socket is gone with its listener by then): the guest
+    // connected to the host (control channel) and the host to the guest (streams).
+    assert_eq!(check(c, "run-task"), "console.log v.sock", "{c}");
+    assert_eq!(check(c, "control-exit"), "0", "{c}");
+    assert!(
+        c.contains("guest-init says hello"),
+        "guest-initiated connection: {c}"
+    );
+    assert!(
+        c.contains("host->guest: 2 streams x 1048576 bytes echoed intact"),
+        "host-initiated streams: {c}"
+    );
+    assert!(c.contains("control: all steps passed"), "{c}");
+    assert_eq!(
+        check(c, "vsock-owner"),
+        "10001",
+        "made by the jailed VMM: {c}"
     );
     assert_eq!(check(c, "devices"), "kvm net/tun urandom", "{c}");
     assert_eq!(check(c, "ns-net"), "task", "joined the task's netns: {c}");

@@ -5,11 +5,16 @@ use std::path::PathBuf;
 use clap::Parser;
 use vmm::jailer::cgroup::Setting;
 use vmm::jailer::{self, JailConfig, ResourceLimit, DEFAULT_CHROOT_BASE};
+use vmm::seccomp::ThreadKind;
 
 /// Starts one skiff-vmm in an empty, unprivileged, resource-capped jail.
 ///
 /// Example: skiff-jailer --id task-1 --exec-file target/release/skiff-vmm --uid 10001 --gid 10001
-/// --cgroup memory=192M --cgroup cpus=1 --cgroup pids=32 -- --kernel vmlinux --initrd init.cpio
+/// --cgroup memory=192M --cgroup cpus=1 --cgroup pids=32 --vm-config /run/skiff/task-1/vm.json
+///
+/// The VM configuration is the JSON of `skiff-vmm --config`. Its kernel, initrd and disks are
+/// placed in the jail; its serial output file and vsock socket must be in one directory owned by
+/// the task's uid (the task's run directory), which the jail mounts at /run/task.
 #[derive(Debug, Parser)]
 #[command(name = "skiff-jailer", version)]
 struct Args {
@@ -43,9 +48,12 @@ struct Args {
     /// Remove the finished jail <id> (directory and cgroups) instead of starting one.
     #[arg(long)]
     cleanup: bool,
-    /// Arguments for skiff-vmm.
-    #[arg(last = true)]
-    vmm_args: Vec<String>,
+    /// The VM configuration (JSON, as for `skiff-vmm --config`), with host paths.
+    #[arg(long, value_name = "FILE", required_unless_present = "cleanup")]
+    vm_config: Option<PathBuf>,
+    /// Testing only: passed to the VMM as --seccomp-test-violation KIND.
+    #[arg(long, hide = true, value_name = "KIND")]
+    seccomp_test_violation: Option<ThreadKind>,
 }
 
 fn main() {
@@ -83,6 +91,7 @@ fn build(args: Args) -> Result<JailConfig, jailer::JailerError> {
             .map(|s| s.parse::<ResourceLimit>())
             .collect::<Result<_, _>>()?,
         daemonize: args.daemonize,
-        vmm_args: args.vmm_args,
+        vm_config: args.vm_config.unwrap_or_default(),
+        seccomp_test_violation: args.seccomp_test_violation,
     })
 }

@@ -1,12 +1,11 @@
 //! `skiff-vmm`: boots one microVM and exits with the guest's status.
 
-use std::path::PathBuf;
 use std::time::Instant;
 
 use anyhow::Context;
 use clap::Parser;
 
-use vmm::config::{DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
+use vmm::config::VmFlags;
 use vmm::exit::EXIT_VMM_ERROR;
 use vmm::microvm::MicroVm;
 use vmm::seccomp::{self, ThreadKind};
@@ -19,43 +18,8 @@ use vmm::seccomp::{self, ThreadKind};
 #[derive(Debug, Parser)]
 #[command(name = "skiff-vmm", version)]
 struct Args {
-    /// JSON configuration file; flags given on the command line override its values.
-    #[arg(long, value_name = "FILE")]
-    config: Option<PathBuf>,
-    /// Uncompressed ELF kernel (vmlinux).
-    #[arg(long, value_name = "VMLINUX")]
-    kernel: Option<PathBuf>,
-    /// Initial ramdisk (newc cpio).
-    #[arg(long, value_name = "CPIO")]
-    initrd: Option<PathBuf>,
-    /// Kernel command line [default: "console=ttyS0 reboot=k panic=-1 quiet"].
-    #[arg(long)]
-    cmdline: Option<String>,
-    /// Number of vCPUs [default: 1].
-    #[arg(long)]
-    vcpus: Option<u8>,
-    /// Guest memory in MiB [default: 128].
-    #[arg(long)]
-    memory_mib: Option<u64>,
-    /// Serial console output: stdout, none, or a file path [default: stdout].
-    #[arg(long, value_name = "stdout|none|FILE")]
-    serial_out: Option<SerialOutput>,
-    /// Forward standard input to the guest's serial console.
-    #[arg(long)]
-    serial_in: bool,
-    /// A disk: path=FILE[,ro=true|false][,id=ID] (repeatable; the guest sees vda, vdb, ...).
-    #[arg(long = "disk", value_name = "path=FILE[,ro=BOOL][,id=ID]")]
-    disks: Vec<DiskConfig>,
-    /// Give the guest a virtio entropy device.
-    #[arg(long)]
-    rng: bool,
-    /// A network interface backed by a host tap: tap=NAME[,mac=MAC] (repeatable; eth0, eth1, ...).
-    #[arg(long = "net", value_name = "tap=NAME[,mac=MAC]")]
-    nets: Vec<NetConfig>,
-    /// A vsock device: the guest's cid and the Unix socket the host connects to (host-initiated
-    /// connections send "CONNECT <port>\n"; guest connections to port P go to <uds>_P).
-    #[arg(long, value_name = "cid=N,uds=PATH")]
-    vsock: Option<VsockConfig>,
+    #[command(flatten)]
+    vm: VmFlags,
     /// Do not install seccomp filters. For debugging only.
     #[arg(long)]
     no_seccomp: bool,
@@ -63,41 +27,6 @@ struct Args {
     /// after installing its filter, to prove the filter is live.
     #[arg(long, hide = true, value_name = "KIND")]
     seccomp_test_violation: Option<ThreadKind>,
-}
-
-impl Args {
-    fn into_config(self) -> anyhow::Result<VmConfig> {
-        let mut config = match &self.config {
-            Some(path) => VmConfig::from_file(path)?,
-            None => VmConfig::with_kernel(PathBuf::new()),
-        };
-        if let Some(kernel) = self.kernel {
-            config.kernel = kernel;
-        }
-        if self.initrd.is_some() {
-            config.initrd = self.initrd;
-        }
-        if let Some(cmdline) = self.cmdline {
-            config.cmdline = cmdline;
-        }
-        if let Some(vcpus) = self.vcpus {
-            config.vcpus = vcpus;
-        }
-        if let Some(memory_mib) = self.memory_mib {
-            config.memory_mib = memory_mib;
-        }
-        if let Some(serial_out) = self.serial_out {
-            config.serial_out = serial_out;
-        }
-        config.serial_in |= self.serial_in;
-        config.disks.extend(self.disks);
-        config.rng |= self.rng;
-        config.nets.extend(self.nets);
-        if self.vsock.is_some() {
-            config.vsock = self.vsock;
-        }
-        Ok(config)
-    }
 }
 
 fn run(started: Instant) -> anyhow::Result<i32> {
@@ -111,7 +40,7 @@ fn run(started: Instant) -> anyhow::Result<i32> {
         enabled: !args.no_seccomp,
         violate_in: args.seccomp_test_violation,
     });
-    let config = args.into_config()?;
+    let config = args.vm.into_config()?;
     let vm = MicroVm::build(&config, started).context("cannot start the microVM")?;
     let outcome = vm.run()?;
     eprintln!("skiff-vmm: {}", outcome.message);

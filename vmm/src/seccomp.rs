@@ -34,6 +34,17 @@ impl std::str::FromStr for ThreadKind {
     }
 }
 
+impl ThreadKind {
+    /// The name `--seccomp-test-violation` takes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vmm => "vmm",
+            ThreadKind::Vcpu => "vcpu",
+            ThreadKind::BlockIo => "blk-io",
+        }
+    }
+}
+
 /// The process-wide seccomp policy, set once by `main`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Policy {

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use api::guest_control::ContainerEvent;
-use api::runner::{run_task, TaskConfig, TaskNetwork};
+use api::runner::{run_task, JailSettings, TaskConfig, TaskNetwork};
 use clap::Parser;
 use skiff_protocol::Stream;
 
@@ -83,6 +83,19 @@ struct Args {
     /// Where task directories (scratch disk, sockets, console log) are made.
     #[arg(long, default_value = "/run/skiff")]
     run_dir: PathBuf,
+    /// Run the VMM in a jail made by this skiff-jailer (then --vmm must be a static skiff-vmm,
+    /// and --uid and --gid are required).
+    #[arg(long, requires_all = ["uid", "gid"])]
+    jailer: Option<PathBuf>,
+    /// The jailed VMM's uid (not 0).
+    #[arg(long, requires = "jailer")]
+    uid: Option<u32>,
+    /// The jailed VMM's gid (not 0).
+    #[arg(long, requires = "jailer")]
+    gid: Option<u32>,
+    /// Where the jailer makes jails.
+    #[arg(long, default_value = "/srv/jailer", requires = "jailer")]
+    chroot_base: PathBuf,
     /// Print the task's timings and the VMM's peak memory to stderr at the end.
     #[arg(long)]
     timings: bool,
@@ -157,6 +170,17 @@ fn run(args: Args) -> anyhow::Result<i32> {
         }
         _ => None,
     };
+    let jail = match (args.jailer, args.uid, args.gid) {
+        (Some(jailer), Some(uid), Some(gid)) => Some(JailSettings::for_task(
+            jailer,
+            format!("skiff-run-{}", std::process::id()),
+            (uid, gid),
+            args.chroot_base,
+            args.cpus,
+            args.memory_mib,
+        )),
+        _ => None,
+    };
     let task = TaskConfig {
         store: args.store,
         image: args.image,
@@ -176,6 +200,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         kernel: args.kernel,
         initramfs: args.initramfs,
         run_dir: args.run_dir,
+        jail,
     };
     let stop = stop_signals()?;
     let stdout = std::io::stdout();

@@ -93,10 +93,20 @@ fn skiff(args: &Args) -> Subject {
     }
 }
 
-/// skiff-vmm started by skiff-jailer (unique jail per boot, removed afterwards).
-fn jailed(args: &Args, jailer: &Path) -> Subject {
+/// skiff-vmm started by skiff-jailer (unique jail per boot, removed afterwards), with the same VM
+/// as [`skiff`] given as a configuration file.
+fn jailed(args: &Args, jailer: &Path) -> anyhow::Result<Subject> {
     let direct = skiff(args);
     let jailer = jailer.display().to_string();
+    let mut vm = vmm::config::VmConfig::with_kernel(args.kernel.clone());
+    vm.initrd = Some(args.initrd.clone());
+    vm.vcpus = args.vcpus;
+    vm.memory_mib = args.memory_mib;
+    vm.cmdline = format!("{CMDLINE} reboot=k");
+    let vm_config =
+        std::env::temp_dir().join(format!("skiff-bootbench-{}.json", std::process::id()));
+    std::fs::write(&vm_config, vm.to_json()?)
+        .with_context(|| format!("writing {}", vm_config.display()))?;
     let mut a: Vec<String> = ["--id", "bench-{id}", "--uid", "10001", "--gid", "10001"]
         .map(String::from)
         .to_vec();
@@ -108,14 +118,14 @@ fn jailed(args: &Args, jailer: &Path) -> Subject {
             args.memory_mib + args.jail_memory_overhead_mib
         ));
     }
-    a.push("--".into());
-    a.extend(direct.args);
-    Subject {
+    a.push("--vm-config".into());
+    a.push(vm_config.display().to_string());
+    Ok(Subject {
         name: "skiff-jailer + skiff-vmm",
         program: jailer,
         args: a,
         cleanup: Some(vec!["--cleanup".into(), "--id".into(), "bench-{id}".into()]),
-    }
+    })
 }
 
 fn qemu(args: &Args, name: &'static str, kernel: &Path) -> Subject {
@@ -265,7 +275,7 @@ fn boot_parallel(subject: &Subject, args: &Args, n: usize) -> anyhow::Result<Vec
 
 /// The jailer's start-up cost: the same boots, direct and jailed, alternating; then in parallel.
 fn compare_jailer(args: &Args, jailer: &Path) -> anyhow::Result<()> {
-    let subjects = [skiff(args), jailed(args, jailer)];
+    let subjects = [skiff(args), jailed(args, jailer)?];
     let mut samples: Vec<Vec<Sample>> = vec![Vec::new(), Vec::new()];
     for run in 0..args.runs {
         let order = if run % 2 == 0 { [0, 1] } else { [1, 0] };

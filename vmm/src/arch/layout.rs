@@ -47,17 +47,15 @@ pub const APIC_START: u64 = 0xfee0_0000;
 pub const KVM_TSS_ADDRESS: u64 = 0xfffb_d000;
 /// Size of a page.
 pub const PAGE_SIZE: u64 = 0x1000;
-/// Smallest guest accepted: the boot structures plus a 16 MiB-aligned kernel need this much.
-pub const MIN_MEMORY_MIB: u64 = 32;
-/// Largest guest accepted (1 TiB).
-pub const MAX_MEMORY_MIB: u64 = 1 << 20;
-/// Most vCPUs a guest may have: limited by the MP table, which must fit in the EBDA.
-pub const MAX_VCPUS: u8 = 32;
+/// The guest size and vCPU limits, defined with the configuration they bound.
+pub use skiff_vm_config::{MAX_MEMORY_MIB, MAX_VCPUS, MIN_MEMORY_MIB};
 /// Number of interrupt lines the IOAPIC routes.
 pub const IOAPIC_PINS: u8 = 24;
 /// First interrupt line for virtio devices (0-4 are the PIT, keyboard, cascade, COM2, COM1).
 pub const VIRTIO_IRQ_BASE: u32 = 5;
-/// virtio-mmio devices take one interrupt line each, from `VIRTIO_IRQ_BASE` to the last pin.
-pub const MAX_VIRTIO_DEVICES: usize = IOAPIC_PINS as usize - VIRTIO_IRQ_BASE as usize;
+/// virtio-mmio devices take one interrupt line each, from `VIRTIO_IRQ_BASE` to the last pin
+/// (the limit is defined with the configuration it bounds).
+pub use skiff_vm_config::MAX_VIRTIO_DEVICES;
+const _: () = assert!(MAX_VIRTIO_DEVICES == IOAPIC_PINS as usize - VIRTIO_IRQ_BASE as usize);
 /// virtio-mmio devices sit at the start of the MMIO gap, one page each.
 pub const VIRTIO_MMIO_START: u64 = MMIO_GAP_START;

@@ -1,11 +1,13 @@
 //! Inside the new namespaces: make the jail directory the root (pivot_root, old root detached),
 //! create the only device nodes the VMM needs, then — in the child — drop to the task's uid/gid
-//! with no supplementary groups and no new privileges, and exec the VMM.
+//! with no supplementary groups and no new privileges, arm the parent-death signal, and exec the
+//! VMM.
 
 use std::ffi::{CString, NulError};
-use std::path::Path;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
-use super::resources::BindMount;
+use super::resources::{open_owned_dir, BindMount, ResourceError};
 
 /// Errors entering the jail.
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +20,10 @@ pub enum JailError {
     },
     #[error("path contains a NUL byte: {0}")]
     Nul(#[from] NulError),
+    #[error("the jailer exited before the VMM started")]
+    ParentGone,
+    #[error(transparent)]
+    Resource(#[from] ResourceError),
 }
 
 fn check(rc: libc::c_int, what: impl FnOnce() -> String) -> Result<(), JailError> {
@@ -76,7 +82,16 @@ pub fn enter_root(
 ) -> Result<(), JailError> {
     mount(None, Path::new("/"), libc::MS_REC | libc::MS_PRIVATE)?;
     for b in binds {
-        mount(Some(&b.host), &b.target, libc::MS_BIND)?;
+        match b.dir_owner {
+            None => mount(Some(&b.host), &b.target, libc::MS_BIND)?,
+            Some(uid) => {
+                // Opened (and checked) in this mount namespace: a bind mount's source must be
+                // one of its mounts. Mounted through the descriptor: what was checked is mounted.
+                let dir = open_owned_dir(&b.host, uid)?;
+                let source = PathBuf::from(format!("/proc/self/fd/{}", dir.as_raw_fd()));
+                mount(Some(&source), &b.target, libc::MS_BIND)?;
+            }
+        }
     }
     // pivot_root needs the new root to be a mount point.
     mount(Some(root), root, libc::MS_BIND | libc::MS_REC)?;
@@ -152,9 +167,63 @@ pub fn enter_root(
     check(rc, || "sethostname".into())
 }
 
-/// In the child: become `uid`/`gid` with no supplementary groups and no new privileges, and exec
-/// `program` with `args` and an empty environment. Returns only on failure.
-pub fn drop_privileges_and_exec(uid: u32, gid: u32, program: &Path, args: &[String]) -> JailError {
+/// A pipe that tells a forked child whether its parent is still alive: the parent keeps the
+/// write end open for as long as it lives and never writes, so the read end reports a hang-up
+/// once the parent is gone. Both ends are close-on-exec.
+pub struct ParentWatch {
+    read: OwnedFd,
+    write: OwnedFd,
+}
+
+impl ParentWatch {
+    pub fn new() -> std::io::Result<Self> {
+        let mut fds = [0; 2];
+        // SAFETY: `fds` has room for the two descriptors pipe2 writes.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: pipe2 succeeded: both descriptors are open and ours alone.
+        let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        Ok(Self { read, write })
+    }
+
+    /// For the child: the read end (the child's copy of the write end is closed).
+    pub fn into_child_end(self) -> OwnedFd {
+        self.read
+    }
+
+    /// For the parent: the write end, to keep open for its whole life.
+    pub fn into_parent_end(self) -> OwnedFd {
+        self.write
+    }
+}
+
+/// Whether the other side of a [`ParentWatch`] read end is gone.
+fn parent_gone(read_end: &OwnedFd) -> bool {
+    let mut pfd = libc::pollfd {
+        fd: read_end.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd; a zero timeout only samples its state.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n != 0 && pfd.revents & (libc::POLLHUP | libc::POLLIN | libc::POLLERR) != 0
+}
+
+/// In the child: become `uid`/`gid` with no supplementary groups and no new privileges, arm
+/// `PR_SET_PDEATHSIG` (SIGKILL) when `parent` watches the parent, and exec `program` with `args`
+/// and an empty environment. Returns only on failure.
+///
+/// The death signal is armed after the uid/gid change (changing credentials clears it) and
+/// follows the thread that forked this process; the parent check afterwards closes the window in
+/// which the parent died before it was armed.
+pub fn drop_privileges_and_exec(
+    uid: u32,
+    gid: u32,
+    program: &Path,
+    args: &[String],
+    parent: Option<OwnedFd>,
+) -> JailError {
     let fail = |what: &str| JailError::Sys {
         what: what.into(),
         source: std::io::Error::last_os_error(),
@@ -174,6 +243,15 @@ pub fn drop_privileges_and_exec(uid: u32, gid: u32, program: &Path, args: &[Stri
     // SAFETY: plain integer arguments.
     if unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) } != 0 {
         return fail("PR_SET_NO_NEW_PRIVS");
+    }
+    if let Some(parent) = parent {
+        // SAFETY: plain integer arguments.
+        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) } != 0 {
+            return fail("PR_SET_PDEATHSIG");
+        }
+        if parent_gone(&parent) {
+            return JailError::ParentGone;
+        }
     }
     let program_c = match cstr(program) {
         Ok(c) => c,

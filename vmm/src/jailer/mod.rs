@@ -1,28 +1,42 @@
 //! `skiff-jailer`: starts one `skiff-vmm` in an empty, unprivileged, resource-capped jail.
 //!
-//! In order: validate the id and every path; close inherited file descriptors; clear the
-//! environment; create `<base>/skiff-vmm/<id>/root` (refusing an existing jail); copy the VMM
-//! binary in and place the files it opens; create the task's cgroup (v1 or v2) with its limits and
-//! join it; set rlimits; join the network namespace; unshare mount, PID, IPC and UTS namespaces;
-//! pivot into the jail and create only `/dev/kvm`, `/dev/net/tun` and `/dev/urandom`; fork (the
-//! child is PID 1 of the new PID namespace), drop to the task's uid/gid with no supplementary
-//! groups and `PR_SET_NO_NEW_PRIVS`, and exec the VMM. The parent waits and reports how the VMM
-//! ended (or, with `--daemonize`, prints its pid and leaves). [`cleanup`] removes a finished jail.
+//! In order: validate the id, every path and the VM configuration (`--vm-config`, the JSON of
+//! `skiff-vmm --config`); relocate its paths into the jail; close inherited file descriptors;
+//! clear the environment; create `<base>/skiff-vmm/<id>/root` as root (refusing an existing jail),
+//! copy the VMM binary in, place the files it opens, write the relocated configuration as
+//! `/vm.json` and prepare the mount point of the task's run directory (`/run/task`); create the
+//! task's cgroup (v1 or v2) with its limits and join it; set rlimits; join the network namespace;
+//! unshare mount, PID, IPC and UTS namespaces; mount the run directory and writable disks from
+//! other filesystems, pivot into the jail and create only `/dev/kvm`, `/dev/net/tun` and
+//! `/dev/urandom`; fork (the child is PID 1 of the new PID namespace), drop to the task's uid/gid
+//! with no supplementary groups, `PR_SET_NO_NEW_PRIVS` and `PR_SET_PDEATHSIG` (SIGKILL: the VMM
+//! does not outlive the jailer), and exec `skiff-vmm --config /vm.json`. The parent waits and
+//! reports how the VMM ended (or, with `--daemonize`, prints its pid and leaves; the VMM then
+//! outlives it). [`cleanup`] removes a finished jail.
+//!
+//! Only the task's gid may enter the jail (`<id>` and `root/` are root's, mode 0750); the VMM may
+//! write only its writable disks, its device nodes and the run directory.
 
 pub mod cgroup;
 pub mod jail;
 pub mod resources;
 
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 
 use cgroup::{CgroupError, Setting};
 use jail::JailError;
 use resources::ResourceError;
 
+use crate::config::{ConfigError, VmConfig};
+use crate::seccomp::ThreadKind;
+
 /// Where jails go unless `--chroot-base` says otherwise.
 pub const DEFAULT_CHROOT_BASE: &str = "/srv/jailer";
 /// Name of the VMM binary inside the jail.
 const VMM_IN_JAIL: &str = "/skiff-vmm";
+/// The VM configuration inside the jail.
+const CONFIG_IN_JAIL: &str = "/vm.json";
 
 /// Errors of the jailer.
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +61,8 @@ pub enum JailerError {
         #[source]
         source: std::io::Error,
     },
+    #[error("VM configuration: {0}")]
+    VmConfig(#[from] ConfigError),
     #[error(transparent)]
     Cgroup(#[from] CgroupError),
     #[error(transparent)]
@@ -95,8 +111,10 @@ pub struct JailConfig {
     pub cgroups: Vec<Setting>,
     pub rlimits: Vec<ResourceLimit>,
     pub daemonize: bool,
-    /// Arguments for the VMM; file paths are rewritten to the jail's.
-    pub vmm_args: Vec<String>,
+    /// The VM configuration file (host paths; relocated into the jail).
+    pub vm_config: PathBuf,
+    /// Testing only: `--seccomp-test-violation` for the VMM.
+    pub seccomp_test_violation: Option<ThreadKind>,
 }
 
 /// Checks a jail id: 1 to 64 of `[A-Za-z0-9-]`.
@@ -152,6 +170,28 @@ pub fn cleanup(base: &Path, id: &str) -> Result<(), JailerError> {
     validate_id(id)?;
     validate_base(base)?;
     let dir = jail_dir(base, id);
+    let dir = match dir.canonicalize() {
+        Ok(dir) => dir,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            cgroup::remove(id)?;
+            return Ok(());
+        }
+        Err(e) => return Err(io_err(format!("resolve {}", dir.display()))(e)),
+    };
+    // Never remove through a mount (in the jail's own mount namespace, a failed start may have
+    // left the task's run directory mounted in it): detach them first.
+    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+        .map_err(io_err("read /proc/self/mountinfo"))?;
+    for mount_point in mounts_under(&mountinfo, &dir) {
+        let c = std::ffi::CString::new(mount_point.as_os_str().as_encoded_bytes())
+            .map_err(|e| io_err(format!("unmount {}", mount_point.display()))(e.into()))?;
+        // SAFETY: a valid NUL-terminated path.
+        if unsafe { libc::umount2(c.as_ptr(), libc::MNT_DETACH) } != 0 {
+            return Err(io_err(format!("unmount {}", mount_point.display()))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+    }
     match std::fs::remove_dir_all(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -159,6 +199,44 @@ pub fn cleanup(base: &Path, id: &str) -> Result<(), JailerError> {
     }
     cgroup::remove(id)?;
     Ok(())
+}
+
+/// The mount points strictly under `dir` in `mountinfo` (`/proc/self/mountinfo`), deepest first.
+fn mounts_under(mountinfo: &str, dir: &Path) -> Vec<PathBuf> {
+    let mut found: Vec<PathBuf> = mountinfo
+        .lines()
+        .filter_map(|line| line.split(' ').nth(4))
+        .map(|field| PathBuf::from(unescape_mount_path(field)))
+        .filter(|path| path.starts_with(dir) && path != dir)
+        .collect();
+    found.sort_by_key(|path| std::cmp::Reverse(path.components().count()));
+    found.dedup();
+    found
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, ...).
+fn unescape_mount_path(field: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStringExt;
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes
+            .get(i + 1..i + 4)
+            .filter(|d| bytes[i] == b'\\' && d.iter().all(|b| (b'0'..=b'7').contains(b)));
+        match octal {
+            Some(d) => {
+                let value = d.iter().fold(0u16, |v, b| v * 8 + u16::from(b - b'0'));
+                out.push(u8::try_from(value).unwrap_or(b'?'));
+                i += 4;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    std::ffi::OsString::from_vec(out)
 }
 
 /// Closes every file descriptor above 2.
@@ -184,16 +262,22 @@ fn close_inherited_fds() {
 /// (128 + signal if killed), or 0 after daemonizing.
 pub fn run(config: &JailConfig) -> Result<i32, JailerError> {
     config.validate()?;
+    // What the jailer creates gets the modes it asks for.
+    // SAFETY: umask only sets this process's file mode mask.
+    unsafe { libc::umask(0o022) };
+    let vm = VmConfig::from_file(&config.vm_config)?;
+    vm.validate()?;
+    let relocated = resources::relocate(&vm)?;
     close_inherited_fds();
     for (key, _) in std::env::vars_os() {
         std::env::remove_var(key);
     }
-    let (vmm_args, resources) = resources::rewrite_vmm_args(&config.vmm_args)?;
 
     let dir = jail_dir(&config.chroot_base, &config.id);
     let parent = dir.parent().unwrap_or(&config.chroot_base);
     std::fs::create_dir_all(parent).map_err(io_err(format!("create {}", parent.display())))?;
-    match std::fs::create_dir(&dir) {
+    // Root's, and only the task's group may enter (mode 0750 whatever the umask).
+    match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             return Err(JailerError::Exists {
@@ -203,7 +287,7 @@ pub fn run(config: &JailConfig) -> Result<i32, JailerError> {
         }
         Err(e) => return Err(io_err(format!("create {}", dir.display()))(e)),
     }
-    match prepare_and_start(config, &dir, &vmm_args, &resources) {
+    match prepare_and_start(config, &dir, &relocated) {
         Ok(code) => Ok(code),
         Err(e) => {
             // Nothing is left behind. (Errors after the pivot cannot reach the jail any more;
@@ -214,31 +298,44 @@ pub fn run(config: &JailConfig) -> Result<i32, JailerError> {
     }
 }
 
+/// Makes `path` root's, of group `gid`, with `mode`.
+fn hand_to_group(path: &Path, gid: u32, mode: u32) -> Result<(), JailerError> {
+    use std::os::unix::fs::PermissionsExt;
+    std::os::unix::fs::chown(path, Some(0), Some(gid))
+        .map_err(io_err(format!("chown {}", path.display())))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(io_err(format!("chmod {}", path.display())))
+}
+
 fn prepare_and_start(
     config: &JailConfig,
     dir: &Path,
-    vmm_args: &[String],
-    resources: &[resources::Resource],
+    relocated: &resources::Relocated,
 ) -> Result<i32, JailerError> {
-    use std::os::unix::fs::PermissionsExt;
     let (uid, gid) = (config.uid, config.gid);
-    // Only the task's uid may enter its jail directory.
-    std::os::unix::fs::chown(dir, Some(uid), Some(gid))
-        .map_err(io_err(format!("chown {}", dir.display())))?;
-    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-        .map_err(io_err(format!("chmod {}", dir.display())))?;
+    // Made and filled by root; the task's group may enter and read, not write.
     let root = dir.join("root");
-    std::fs::create_dir(&root).map_err(io_err(format!("create {}", root.display())))?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&root)
+        .map_err(io_err(format!("create {}", root.display())))?;
     // Our own copy of the VMM: no two VMMs share its pages.
     let vmm = root.join(VMM_IN_JAIL.trim_start_matches('/'));
-    std::fs::copy(&config.exec_file, &vmm)
+    resources::copy_new(&config.exec_file, &vmm, 0o555, None)
         .map_err(io_err(format!("copy {}", config.exec_file.display())))?;
-    std::fs::set_permissions(&vmm, std::fs::Permissions::from_mode(0o555))
-        .map_err(io_err(format!("chmod {}", vmm.display())))?;
     let mut binds = Vec::new();
-    for r in resources {
+    for r in &relocated.files {
         binds.extend(resources::place(&root, r, uid, gid)?);
     }
+    if let Some(host) = &relocated.run_dir {
+        binds.push(resources::place_run_dir(&root, host, uid, gid)?);
+    }
+    let json = relocated.config.to_json()?;
+    let vm_json = root.join(CONFIG_IN_JAIL.trim_start_matches('/'));
+    resources::write_new(&vm_json, json.as_bytes(), 0o440, gid)
+        .map_err(io_err(format!("write {}", vm_json.display())))?;
+    hand_to_group(&root, gid, 0o750)?;
+    hand_to_group(dir, gid, 0o750)?;
 
     cgroup::create_and_join(&config.id, &config.cgroups)?;
     for limit in &config.rlimits {
@@ -284,6 +381,21 @@ fn prepare_and_start(
     }
     jail::enter_root(&root, &binds, uid, gid, &config.id)?;
 
+    let mut vmm_args = vec!["--config".to_owned(), CONFIG_IN_JAIL.to_owned()];
+    if let Some(kind) = config.seccomp_test_violation {
+        vmm_args.extend([
+            "--seccomp-test-violation".to_owned(),
+            kind.name().to_owned(),
+        ]);
+    }
+    // Unless daemonizing, the VMM dies with the jailer (PR_SET_PDEATHSIG): this pipe's write end
+    // stays open in the jailer for its whole life, so the child can tell whether the jailer was
+    // still alive once its death signal was armed.
+    let watch = if config.daemonize {
+        None
+    } else {
+        Some(jail::ParentWatch::new().map_err(io_err("pipe"))?)
+    };
     // SAFETY: the process is single-threaded here, so the child may run arbitrary code.
     let pid = unsafe { libc::fork() };
     if pid < 0 {
@@ -300,11 +412,19 @@ fn prepare_and_start(
                 }
             }
         }
-        let e = jail::drop_privileges_and_exec(uid, gid, Path::new(VMM_IN_JAIL), vmm_args);
+        let e = jail::drop_privileges_and_exec(
+            uid,
+            gid,
+            Path::new(VMM_IN_JAIL),
+            &vmm_args,
+            watch.map(jail::ParentWatch::into_child_end),
+        );
         eprintln!("skiff-jailer: cannot start the VMM: {e}");
         // SAFETY: leaving the forked child without running the parent's destructors.
         unsafe { libc::_exit(1) };
     }
+    // The read end goes; the write end lives as long as this process.
+    let _watch = watch.map(jail::ParentWatch::into_parent_end);
     if config.daemonize {
         println!("{pid}");
         return Ok(0);
@@ -366,7 +486,8 @@ mod tests {
             cgroups: vec![],
             rlimits: vec![],
             daemonize: false,
-            vmm_args: vec![],
+            vm_config: PathBuf::from("/nonexistent/vm.json"),
+            seccomp_test_violation: None,
         }
     }
 
@@ -414,6 +535,27 @@ mod tests {
         );
         assert!("nofile=64".parse::<ResourceLimit>().is_err());
         assert!("fsize=-1".parse::<ResourceLimit>().is_err());
+    }
+
+    #[test]
+    fn mounts_under_a_jail_are_found_deepest_first() {
+        let info = "\
+22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw
+40 22 0:5 / /srv/jailer/skiff-vmm/t1/root/run/task rw - tmpfs tmpfs rw
+41 40 8:1 /x /srv/jailer/skiff-vmm/t1/root/run/task/sub rw - ext4 /dev/sda1 rw
+42 22 8:1 /d /srv/jailer/skiff-vmm/t1/root/disk\\0400 rw - ext4 /dev/sda1 rw
+43 22 8:1 /d /srv/jailer/skiff-vmm/t10/root/disk0 rw - ext4 /dev/sda1 rw
+";
+        let dir = Path::new("/srv/jailer/skiff-vmm/t1");
+        let found = mounts_under(info, dir);
+        assert_eq!(
+            found,
+            [
+                PathBuf::from("/srv/jailer/skiff-vmm/t1/root/run/task/sub"),
+                PathBuf::from("/srv/jailer/skiff-vmm/t1/root/run/task"),
+                PathBuf::from("/srv/jailer/skiff-vmm/t1/root/disk 0"),
+            ]
+        );
     }
 
     #[test]

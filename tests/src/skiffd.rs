@@ -1,0 +1,91 @@
+//! skiffd in the nested test host: the binaries (`skiffd`, `skiff-monitor`, `skiff`, the static
+//! `skiff-vmm` and `skiff-jailer`), an image store filled from the test images at `/data/images`,
+//! a configuration with two tenants, and shell functions to start it and call it.
+
+use std::path::Path;
+
+use api::config::token_hash;
+
+use crate::artefacts::{bin_dir, Artefact};
+use crate::containers::ContainerHostError;
+use crate::nested::NestedHost;
+
+/// The tenants' tokens.
+pub const TOKEN_A: &str = "token-of-tenant-a";
+pub const TOKEN_B: &str = "token-of-tenant-b";
+
+/// Capacity the nested skiffd offers: ten of the smallest tasks.
+pub const CAPACITY_CPU: u32 = 2560;
+
+/// skiffd's configuration in the nested host.
+pub fn config(jailed: bool) -> String {
+    let jailer = if jailed {
+        "jailer = \"/skiff/skiff-jailer\"\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"data_dir = "/data"
+socket = "/run/skiff/skiffd.sock"
+listen = "127.0.0.1:7070"
+retention_seconds = 3600
+
+[capacity]
+cpu = {CAPACITY_CPU}
+memory_mib = 65536
+
+[executor]
+vmm = "/skiff/skiff-vmm"
+monitor = "/skiff/skiff-monitor"
+kernel = "/skiff/vmlinux"
+initramfs = "/skiff/initramfs.cpio"
+{jailer}boot_timeout_seconds = 300
+
+[[tenants]]
+name = "a"
+token_sha256 = "{}"
+
+[[tenants]]
+name = "b"
+token_sha256 = "{}"
+max_tasks = 2
+"#,
+        token_hash(TOKEN_A),
+        token_hash(TOKEN_B)
+    )
+}
+
+/// Shell functions for nested scripts: `start_skiffd` (in the background, waiting until it
+/// answers; `$SKIFFD` is its pid), `skiff` (tenant a's CLI), `as_b` (tenant b's), and
+/// `wait_log ID TEXT` (until the task's log shows TEXT).
+pub fn prelude() -> String {
+    format!(
+        r#"mkdir -p /run/skiff /etc/skiff
+echo 1 > /proc/sys/kernel/printk
+export SKIFF_HOST=unix:///run/skiff/skiffd.sock SKIFF_TOKEN={TOKEN_A}
+skiff() {{ /skiff/skiff "$@"; }}
+as_b() {{ SKIFF_TOKEN={TOKEN_B} /skiff/skiff "$@"; }}
+start_skiffd() {{
+    /skiff/skiffd --config /etc/skiff/skiffd.toml >> /tmp/skiffd.log 2>&1 &
+    SKIFFD=$!
+    i=0; until skiff capacity > /dev/null 2>&1 || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done
+}}
+wait_log() {{
+    i=0; until skiff logs "$1" 2>/dev/null | grep -q "$2" || [ $i -ge 600 ]; do sleep 0.2; i=$((i+1)); done
+}}
+"#
+    )
+}
+
+/// A nested host with skiffd and the images in `store`.
+pub fn skiffd_host(store: &Path, jailed: bool) -> Result<NestedHost, ContainerHostError> {
+    let mut host = NestedHost::with_skiff()?;
+    host.binary("skiff/skiffd", &bin_dir().join("skiffd"))?
+        .binary("skiff/skiff-monitor", &bin_dir().join("skiff-monitor"))?
+        .binary("skiff/skiff", &bin_dir().join("skiff"))?
+        .binary("skiff/skiff-jailer", &Artefact::SkiffJailer.path())?
+        .binary("sbin/mkfs.ext4", Path::new("/sbin/mkfs.ext4"))?
+        .dir("data/images", store)?
+        .bytes("etc/skiff/skiffd.toml", 0o600, config(jailed).as_bytes())?;
+    Ok(host)
+}
