@@ -28,6 +28,8 @@
 //! [credentials.private-registry]         # repositoryCredentials.credentialsParameter
 //! username = "u"
 //! password = "p"
+//! registry = "registry.example:5000"     # sent to this registry only
+//! tenants = ["alice"]                    # who may use them
 //! ```
 
 use std::collections::HashMap;
@@ -99,11 +101,17 @@ pub struct RegistryConfig {
     pub ca_file: Option<PathBuf>,
 }
 
+/// Named registry credentials: sent only to `registry`, usable only by `tenants`.
 #[derive(Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CredentialConfig {
     pub username: String,
     pub password: String,
+    /// The one registry (`host[:port]`) they are for.
+    pub registry: String,
+    /// The tenants that may use them (none listed: the default tenant only).
+    #[serde(default)]
+    pub tenants: Vec<String>,
 }
 
 impl std::fmt::Debug for CredentialConfig {
@@ -163,7 +171,14 @@ impl Config {
     /// Checks what serde cannot.
     pub fn check(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
+        let mut tokens = std::collections::HashSet::new();
         for t in &self.tenants {
+            if !tokens.insert(t.token_sha256.to_ascii_lowercase()) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {}: its token is another tenant's too",
+                    t.name
+                )));
+            }
             crate::service::validate::check_name("tenant name", &t.name)
                 .map_err(|e| ConfigError::Invalid(e.to_string()))?;
             if !names.insert(&t.name) {
@@ -269,6 +284,8 @@ mod tests {
             [credentials.reg]
             username = "u"
             password = "p"
+            registry = "127.0.0.1:5000"
+            tenants = ["alice"]
             "#,
             token_hash("secret")
         );

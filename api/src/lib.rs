@@ -6,15 +6,14 @@
 //! - [`service`]: task definitions, tasks, capacity, tenants; no HTTP types;
 //! - [`state`]: the state store (a trait; SQLite embedded);
 //! - [`executor`]: what makes tasks real — image pulls, one monitor process per task
-//!   ([`executor::monitor`]), which runs the task through [`runner`], the jailer and the VMM.
+//!   ([`executor::monitor`]), which runs the task through [`executor::runner`] (the control
+//!   channel's host end is [`executor::guest_control`]), the jailer and the VMM.
 //!
 //! [`config`] reads skiffd's TOML configuration; [`client`] is the CLI's HTTP client.
 
 pub mod client;
 pub mod config;
 pub mod executor;
-pub mod guest_control;
 pub mod http;
-pub mod runner;
 pub mod service;
 pub mod state;

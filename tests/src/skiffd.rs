@@ -56,8 +56,9 @@ max_tasks = 2
 }
 
 /// Shell functions for nested scripts: `start_skiffd` (in the background, waiting until it
-/// answers; `$SKIFFD` is its pid), `skiff` (tenant a's CLI), `as_b` (tenant b's), and
-/// `wait_log ID TEXT` (until the task's log shows TEXT).
+/// answers; its pid in `/tmp/skiffd.pid`, since cases run in subshells), `kill_skiffd [SIGNAL]`,
+/// `skiff` (tenant a's CLI), `as_b` (tenant b's), `wait_log ID TEXT` (until the task's log shows
+/// TEXT), `pid_of TEXT` (the pids whose command line contains TEXT; busybox here has no pgrep).
 pub fn prelude() -> String {
     format!(
         r#"mkdir -p /run/skiff /etc/skiff
@@ -67,8 +68,17 @@ skiff() {{ /skiff/skiff "$@"; }}
 as_b() {{ SKIFF_TOKEN={TOKEN_B} /skiff/skiff "$@"; }}
 start_skiffd() {{
     /skiff/skiffd --config /etc/skiff/skiffd.toml >> /tmp/skiffd.log 2>&1 &
-    SKIFFD=$!
+    echo $! > /tmp/skiffd.pid
     i=0; until skiff capacity > /dev/null 2>&1 || [ $i -ge 300 ]; do sleep 0.1; i=$((i+1)); done
+}}
+kill_skiffd() {{
+    p=$(cat /tmp/skiffd.pid); kill -${{1:-KILL}} $p
+    i=0; while [ -d /proc/$p ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
+}}
+pid_of() {{
+    for d in /proc/[0-9]*; do
+        tr '\0' ' ' < $d/cmdline 2>/dev/null | grep -q -- "$1" && echo ${{d#/proc/}}
+    done | grep -v "^$$\$" || true
 }}
 wait_log() {{
     i=0; until skiff logs "$1" 2>/dev/null | grep -q "$2" || [ $i -ge 600 ]; do sleep 0.2; i=$((i+1)); done

@@ -44,7 +44,8 @@ fn skiffd_runs_tasks_in_jailed_microvms_and_survives_its_own_death() {
     let store = workspace_root().join(format!("target/nested/skiffd-{}", std::process::id()));
     import_test_images(&store, &["busybox"]).unwrap();
     let mut host = skiffd_host(&store, true).unwrap();
-    host.memory_mib(3072);
+    host.memory_mib(3072)
+        .timeout(std::time::Duration::from_secs(1800));
     let bb = "busybox:latest";
     let mut script = prelude();
     script.push_str("start_skiffd\n");
@@ -57,9 +58,9 @@ fn skiffd_runs_tasks_in_jailed_microvms_and_survives_its_own_death() {
             // A task runs while skiffd is killed and restarted: still RUNNING, then complete.
             format!(
                 "ID=$(skiff run -d --name long {bb} -- {})\n\
-                 skiff wait --status RUNNING $ID > /dev/null; wait_log $ID line-2\n\
-                 echo monitor-rss $(grep VmRSS /proc/$(pgrep -f \"skiff-monitor --task-dir /data/tasks/$ID\")/status)\n\
-                 kill -9 $SKIFFD; wait $SKIFFD 2>/dev/null; start_skiffd\n\
+                 skiff wait --timeout 300 --status RUNNING $ID > /dev/null; wait_log $ID line-2\n\
+                 echo monitor-rss $(grep VmRSS /proc/$(pid_of \"skiff-monitor --task-dir /data/tasks/$ID\" | head -n 1)/status)\n\
+                 kill_skiffd; start_skiffd\n\
                  skiff --json describe $ID | grep -o '\"lastStatus\": *\"[A-Z]*\"' | head -n 1\n\
                  skiff wait $ID; echo lines $(skiff logs $ID | grep -c '^line-')\n\
                  skiff --json describe $ID",
@@ -71,7 +72,7 @@ fn skiffd_runs_tasks_in_jailed_microvms_and_survives_its_own_death() {
             // SIGKILL in the middle of a RunTask burst: every acknowledged task runs to its end.
             format!(
                 "rm -f /tmp/ids; for i in 1 2 3 4; do (skiff run -d --name burst {bb} -- echo burst >> /tmp/ids 2>/dev/null) & done\n\
-                 sleep 0.4; kill -9 $SKIFFD; wait $SKIFFD 2>/dev/null; sleep 1; start_skiffd\n\
+                 sleep 0.4; kill_skiffd; sleep 1; start_skiffd\n\
                  echo acknowledged $(wc -l < /tmp/ids)\n\
                  for id in $(cat /tmp/ids); do echo \"$id $(skiff wait $id) $(skiff logs $id)\"; done"
             ),
@@ -94,7 +95,7 @@ fn skiffd_runs_tasks_in_jailed_microvms_and_survives_its_own_death() {
         (
             "tenants",
             format!(
-                "ID=$(skiff run -d --name private {bb} -- sleep 1000); skiff wait --status RUNNING $ID > /dev/null\n\
+                "ID=$(skiff run -d --name private {bb} -- sleep 1000); skiff wait --timeout 300 --status RUNNING $ID > /dev/null\n\
                  as_b describe $ID; echo status=$?; as_b logs $ID; echo status=$?; as_b stop $ID; echo status=$?\n\
                  as_b --json ps -a; SKIFF_TOKEN=wrong /skiff/skiff ps; echo status=$?\n\
                  skiff --json describe $ID | grep -o '\"desiredStatus\": *\"[A-Z]*\"' | head -n 1\n\
@@ -104,8 +105,8 @@ fn skiffd_runs_tasks_in_jailed_microvms_and_survives_its_own_death() {
         (
             "vmm-killed",
             format!(
-                "ID=$(skiff run -d --name victim {bb} -- sleep 1000); skiff wait --status RUNNING $ID > /dev/null\n\
-                 kill -9 $(pgrep -x skiff-vmm); skiff wait $ID; skiff --json describe $ID"
+                "ID=$(skiff run -d --name victim {bb} -- sleep 1000); skiff wait --timeout 300 --status RUNNING $ID > /dev/null\n\
+                 kill -9 $(pid_of \"config /vm.json\"); skiff wait --timeout 300 $ID; skiff --json describe $ID"
             ),
         ),
         ("bad-registry", "skiff run 127.0.0.1:5999/nothing:1 -- true".into()),
@@ -132,8 +133,10 @@ fn skiffd_runs_tasks_in_jailed_microvms_and_survives_its_own_death() {
     for (name, command) in &cases {
         script.push_str(&case(name, &format!("({command})")));
     }
-    script
-        .push_str("kill -TERM $SKIFFD; wait $SKIFFD; echo '=== skiffd log'; cat /tmp/skiffd.log\n");
+    script.push_str(
+        "kill_skiffd TERM; echo '=== skiffd log'; cat /tmp/skiffd.log
+",
+    );
     let run = host.run(&script).unwrap();
     let _ = std::fs::remove_dir_all(&store);
     let console = &run.console;

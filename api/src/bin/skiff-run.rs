@@ -14,8 +14,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use api::guest_control::ContainerEvent;
-use api::runner::{run_task, JailSettings, TaskConfig, TaskNetwork};
+use api::executor::guest_control::ContainerEvent;
+use api::executor::runner::{run_task, JailSettings, TaskConfig, TaskNetwork};
 use clap::Parser;
 use skiff_protocol::Stream;
 
@@ -200,6 +200,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
         kernel: args.kernel,
         initramfs: args.initramfs,
         run_dir: args.run_dir,
+        keep_logs_in: None,
         jail,
     };
     let stop = stop_signals()?;

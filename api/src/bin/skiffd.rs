@@ -14,7 +14,7 @@ use api::config::{default_capacity, Config};
 use api::executor::local::{JailerSettings, LocalExecutor, LocalSettings, RegistrySettings};
 use api::http::{router, App, Auth};
 use api::service::lifecycle::{reconcile, spawn_janitor};
-use api::service::{Service, ServiceSettings};
+use api::service::{CredentialRule, Service, ServiceSettings};
 use api::state::sqlite::SqliteStore;
 use clap::Parser;
 use images::store::registry::Credentials;
@@ -107,13 +107,11 @@ fn executor_settings(config: &Config, data: &Path) -> LocalSettings {
             .credentials
             .iter()
             .map(|(name, c)| {
-                (
-                    name.clone(),
-                    Credentials {
-                        username: c.username.clone(),
-                        password: c.password.clone(),
-                    },
-                )
+                let secret = Credentials {
+                    username: c.username.clone(),
+                    password: c.password.clone(),
+                };
+                (name.clone(), (c.registry.clone(), secret))
             })
             .collect(),
     }
@@ -169,6 +167,24 @@ fn main() -> anyhow::Result<()> {
         uid_base: e.uid_base.unwrap_or(100_000),
         uid_count: e.uid_count.unwrap_or(10_000),
         retention: Duration::from_secs(config.retention_seconds.unwrap_or(3600)),
+        credentials: config
+            .credentials
+            .iter()
+            .map(|(name, c)| {
+                let tenants = if c.tenants.is_empty() {
+                    vec![api::config::DEFAULT_TENANT.to_owned()]
+                } else {
+                    c.tenants.clone()
+                };
+                (
+                    name.clone(),
+                    CredentialRule {
+                        registry: c.registry.clone(),
+                        tenants,
+                    },
+                )
+            })
+            .collect(),
     };
     let executor = LocalExecutor::new(executor_settings(&config, &data));
     let service = Service::new(Box::new(store), executor, settings.clone());

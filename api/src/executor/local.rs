@@ -20,6 +20,8 @@ use super::contract::{
 };
 use super::{ExecError, Executor, ImageInfo, LogFiles, Probe, StartRequest, Supervision};
 
+/// How long removing a dead monitor's jail may take.
+const JAIL_CLEANUP_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a monitor may take to say it is ready.
 const MONITOR_READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long to keep trying to reach a live monitor's socket.
@@ -60,8 +62,9 @@ pub struct LocalSettings {
     pub log_max_bytes: u64,
     /// Per registry host (`host[:port]`).
     pub registries: HashMap<String, RegistrySettings>,
-    /// Named registry credentials (`repositoryCredentials.credentialsParameter`).
-    pub credentials: HashMap<String, Credentials>,
+    /// Named registry credentials (`repositoryCredentials.credentialsParameter`) and the one
+    /// registry (`host[:port]`) they may be sent to.
+    pub credentials: HashMap<String, (String, Credentials)>,
 }
 
 /// The local executor.
@@ -180,6 +183,10 @@ impl Executor for LocalExecutor {
         }
     }
 
+    fn has_image(&self, image: &str) -> bool {
+        self.store().is_ok_and(|s| s.get(image).is_ok())
+    }
+
     fn prepare_image(&self, image: &str, credentials: Option<&str>) -> Result<(), ExecError> {
         let gate = {
             let mut pulls = self.pulls.lock().unwrap_or_else(|p| p.into_inner());
@@ -195,12 +202,11 @@ impl Executor for LocalExecutor {
         })?;
         let registry = self.settings.registries.get(&reference.registry);
         let credentials = credentials
-            .map(|name| {
-                self.settings
-                    .credentials
-                    .get(name)
-                    .cloned()
-                    .ok_or_else(|| ExecError::UnknownCredentials(name.to_owned()))
+            .map(|name| match self.settings.credentials.get(name) {
+                // Never to another registry (nor to a token realm the registry names
+                // elsewhere: the registry client keeps Basic credentials to its host).
+                Some((registry, c)) if *registry == reference.registry => Ok(c.clone()),
+                _ => Err(ExecError::UnknownCredentials(name.to_owned())),
             })
             .transpose()?;
         let options = PullOptions {
@@ -215,6 +221,12 @@ impl Executor for LocalExecutor {
     fn start(&self, request: &StartRequest) -> Result<(), ExecError> {
         let files = self.files(&request.task_id);
         std::fs::create_dir_all(&files.dir).map_err(task_dir_err(&files.dir))?;
+        // The launch spec holds the task's environment: root's eyes only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&files.dir, std::fs::Permissions::from_mode(0o700))
+                .map_err(task_dir_err(&files.dir))?;
+        }
         write_json_atomic(&files.launch(), &self.launch_spec(request))
             .map_err(task_dir_err(&files.launch()))?;
         let log = std::fs::OpenOptions::new()
@@ -244,25 +256,44 @@ impl Executor for LocalExecutor {
             });
         }
         let mut child = command.spawn().map_err(|e| monitor_err(e.to_string()))?;
-        let stdout = child
-            .stdout
-            .take()
-            .ok_or_else(|| monitor_err("no stdout".into()))?;
-        // The monitor prints "ready" once its lock, socket and status exist; a reaper thread
-        // collects it when it ends (after a skiffd restart, init does).
+        let stdout = child.stdout.take();
+        // The monitor prints "ready" once its lock, socket and status exist.
         let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::Builder::new()
-            .name("monitor-reaper".into())
+        let reader = std::thread::Builder::new()
+            .name("monitor-ready".into())
             .spawn(move || {
                 let mut line = String::new();
-                let _ = BufReader::new(stdout).take(256).read_line(&mut line);
+                if let Some(stdout) = stdout {
+                    let _ = BufReader::new(stdout).take(256).read_line(&mut line);
+                }
                 let _ = tx.send(line);
+            });
+        let answer = match reader {
+            Ok(_) => rx.recv_timeout(MONITOR_READY_TIMEOUT).ok(),
+            Err(_) => None,
+        };
+        let ready = answer.as_deref().is_some_and(|l| l.trim() == "ready");
+        if answer.is_none() {
+            // Never half-started: a monitor that was not ready in time is killed, so that no
+            // VM runs that nobody follows.
+            let _ = child.kill();
+        }
+        // A reaper collects the monitor when it ends (after a skiffd restart, init does).
+        let _ = std::thread::Builder::new()
+            .name("monitor-reaper".into())
+            .spawn(move || {
                 let _ = child.wait();
-            })
-            .map_err(|e| monitor_err(e.to_string()))?;
-        match rx.recv_timeout(MONITOR_READY_TIMEOUT) {
-            Ok(line) if line.trim() == "ready" => Ok(()),
-            Ok(_) => {
+            });
+        if ready {
+            return Ok(());
+        }
+        // A monitor of this task already runs (a launch that a killed skiffd had started):
+        // it is the task's, and is followed as it is.
+        if answer.is_some() && monitor_alive(&files) {
+            return Ok(());
+        }
+        match answer {
+            Some(_) => {
                 let log = std::fs::read_to_string(files.monitor_log()).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(5).collect();
                 Err(monitor_err(format!(
@@ -270,15 +301,24 @@ impl Executor for LocalExecutor {
                     tail.into_iter().rev().collect::<Vec<_>>().join("; ")
                 )))
             }
-            Err(_) => Err(monitor_err(format!(
-                "not ready within {MONITOR_READY_TIMEOUT:?}"
+            None => Err(monitor_err(format!(
+                "not ready within {MONITOR_READY_TIMEOUT:?}; killed"
             ))),
         }
     }
 
     fn supervise(&self, task_id: &str, on_status: &mut dyn FnMut(&MonitorStatus)) -> Supervision {
         let files = self.files(task_id);
-        if let Some(stream) = self.connect(&files) {
+        // Until the monitor is gone: a live monitor is never given up on (its VM would run on
+        // with nobody following it).
+        loop {
+            let Some(stream) = self.connect(&files) else {
+                if monitor_alive(&files) {
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+                break;
+            };
             let _ = stream.set_read_timeout(Some(READ_TIMEOUT));
             let mut reader = BufReader::new(stream);
             let mut line = Vec::new();
@@ -289,15 +329,15 @@ impl Executor for LocalExecutor {
                     .read_until(b'\n', &mut line)
                 {
                     Ok(0) => break,
-                    Ok(_) => match serde_json::from_slice::<MonitorStatus>(&line) {
-                        Ok(status) => {
+                    Ok(_) => {
+                        // A line that does not parse is skipped; the status file has the truth.
+                        if let Ok(status) = serde_json::from_slice::<MonitorStatus>(&line) {
                             on_status(&status);
                             if status.phase == Phase::Exited {
                                 return Supervision::Ended(status);
                             }
                         }
-                        Err(_) => break,
-                    },
+                    }
                     Err(e)
                         if matches!(
                             e.kind(),
@@ -311,6 +351,15 @@ impl Executor for LocalExecutor {
                     Err(_) => break,
                 }
             }
+            if !monitor_alive(&files) {
+                break;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        // The monitor is gone: its status file says how the task ended, if it could.
+        let deadline = Instant::now() + CONNECT_TIMEOUT;
+        while monitor_alive(&files) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
         }
         match self.probe(task_id) {
             Probe::Exited(status) => {
@@ -355,14 +404,26 @@ impl Executor for LocalExecutor {
     fn release(&self, task_id: &str) {
         let files = self.files(task_id);
         let _ = std::fs::remove_dir_all(files.run_dir());
+        // The monitor's runner removes its jail itself; this is for a monitor that died first.
         if let Some(jail) = &self.settings.jail {
-            let _ = Command::new(&jail.jailer)
+            let child = Command::new(&jail.jailer)
                 .args(["--cleanup", "--id", task_id, "--chroot-base"])
                 .arg(&jail.chroot_base)
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
-                .status();
+                .spawn();
+            if let Ok(mut child) = child {
+                let deadline = Instant::now() + JAIL_CLEANUP_TIMEOUT;
+                while matches!(child.try_wait(), Ok(None)) {
+                    if Instant::now() >= deadline {
+                        let _ = child.kill();
+                        let _ = child.wait();
+                        break;
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
         }
     }
 

@@ -184,17 +184,29 @@ pub fn read_since(
     };
     let inode = file.metadata()?.ino();
     let mut start = pos.offset;
-    if pos.inode == 0 {
-        // A first read: the rotated file is older output.
-        if let Some(mut old) = open(rotated)? {
-            read_lines(&mut old, 0, max_bytes, &mut entries)?;
-        }
-        start = 0;
-    } else if pos.inode != inode {
-        // Rotated since the last read: finish the old file, then the new one from its start.
-        if let Some(mut old) = open(rotated)? {
-            if old.metadata()?.ino() == pos.inode {
-                read_lines(&mut old, pos.offset, max_bytes, &mut entries)?;
+    if pos.inode != inode {
+        // A first read (the rotated file is older output), or the log was rotated since the
+        // last one: the rotated file first, to its end, a step at a time.
+        let old = match open(rotated)? {
+            Some(old) if pos.inode == 0 || old.metadata()?.ino() == pos.inode => Some(old),
+            _ => None,
+        };
+        if let Some(mut old) = old {
+            let (old_inode, old_len) = {
+                let m = old.metadata()?;
+                (m.ino(), m.len())
+            };
+            let from = if pos.inode == 0 { 0 } else { pos.offset };
+            let end = read_lines(&mut old, from, max_bytes, &mut entries)?;
+            // More left (and progress made: a torn last line is not waited for).
+            if end < old_len && end > from {
+                return Ok((
+                    entries,
+                    LogPosition {
+                        inode: old_inode,
+                        offset: end,
+                    },
+                ));
             }
         }
         start = 0;
@@ -301,6 +313,38 @@ mod tests {
         );
         let total = std::fs::metadata(&log).unwrap().len() + std::fs::metadata(&old).unwrap().len();
         assert!(total <= 2 * 4096, "the log is capped: {total} bytes");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_first_read_gets_all_of_the_rotated_file_in_steps() {
+        let dir = temp("steps");
+        let (log, old) = (dir.join("c.log"), dir.join("c.log.1"));
+        let mut w = LogWriter::open(&log, &old, 64 << 10).unwrap();
+        for i in 0..3000 {
+            w.write(Stream::Stdout, format!("line {i}\n").as_bytes(), i)
+                .unwrap();
+        }
+        let mut pos = LogPosition::default();
+        let mut seen = Vec::new();
+        for _ in 0..1000 {
+            let (entries, next) = read_since(&log, &old, pos, 4096).unwrap();
+            if entries.is_empty() && next == pos {
+                break;
+            }
+            pos = next;
+            seen.extend(entries.into_iter().map(|e| e.message));
+        }
+        let first: usize = seen[0].trim_start_matches("line ").parse().unwrap();
+        let want: Vec<String> = (first..3000).map(|i| format!("line {i}")).collect();
+        assert_eq!(
+            seen, want,
+            "everything still kept, in order, in small steps"
+        );
+        assert!(
+            first < 3000 - 2000,
+            "the rotated file was read too: {first}"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -1,13 +1,15 @@
 //! The executor: what makes a task real on this host. skiffd's service layer asks it to prepare
 //! an image, start a task's monitor, follow it, stop it and clean up after it; the monitor
-//! ([`monitor`]) runs the task through the runner ([`crate::runner`]), the jailer and the VMM.
+//! ([`monitor`]) runs the task through the runner ([`crate::executor::runner`]), the jailer and the VMM.
 //! [`Executor`] is the seam: [`local::LocalExecutor`] is the real one; the service's tests use a
 //! fake.
 
 pub mod contract;
+pub mod guest_control;
 pub mod local;
 pub mod logs;
 pub mod monitor;
+pub mod runner;
 
 use std::path::PathBuf;
 
@@ -105,6 +107,8 @@ pub struct ImageInfo {
 pub trait Executor: Send + Sync + 'static {
     /// Fails at once, without network, for an image that is neither stored nor pullable.
     fn check_image(&self, image: &str) -> Result<(), ExecError>;
+    /// Whether `image` is in the store.
+    fn has_image(&self, image: &str) -> bool;
     /// Makes sure `image` is in the store, pulling it (with the named credentials) if missing.
     fn prepare_image(&self, image: &str, credentials: Option<&str>) -> Result<(), ExecError>;
     /// Starts the task's monitor; returns once it runs on its own.

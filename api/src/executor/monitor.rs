@@ -17,8 +17,8 @@ use super::contract::{
     TaskFiles, MAX_LINE,
 };
 use super::logs::LogWriter;
-use crate::guest_control::ContainerEvent;
-use crate::runner::{run_task, JailSettings, TaskConfig};
+use crate::executor::guest_control::ContainerEvent;
+use crate::executor::runner::{run_task, JailSettings, TaskConfig};
 use crate::service::model::now_ms;
 
 /// Errors setting the monitor up (the task's own failures go into its exit record).
@@ -80,6 +80,10 @@ impl Reporter {
         // Under the clients lock, so no change can slip between this line and the next.
         let mut clients = self.clients.lock().unwrap_or_else(|p| p.into_inner());
         let current = line(&self.status.lock().unwrap_or_else(|p| p.into_inner()));
+        if clients.len() >= MAX_CLIENTS {
+            // Clients that went away are found by writing to them (the status line again).
+            clients.retain_mut(|c| c.write_all(&current).is_ok());
+        }
         if clients.len() < MAX_CLIENTS && client.write_all(&current).is_ok() {
             clients.push(client);
         }
@@ -226,6 +230,7 @@ fn task_config(spec: &LaunchSpec, files: &TaskFiles) -> TaskConfig {
         kernel: spec.kernel.clone(),
         initramfs: spec.initramfs.clone(),
         run_dir: files.run_dir(),
+        keep_logs_in: Some(files.dir.clone()),
         jail: spec.jail.as_ref().map(|j| JailSettings {
             jailer: j.jailer.clone(),
             id: j.id.clone(),
@@ -323,14 +328,14 @@ pub fn run(task_dir: &Path, ready: impl FnOnce()) -> Result<i32, MonitorError> {
     let exit = match &result {
         Ok(outcome) => ExitRecord {
             exit_code: Some(outcome.exit_code()),
-            reason: outcome.container.reason.clone(),
+            reason: outcome.container.reason.clone().map(bounded),
             failed_to_start: outcome.to_started.is_none(),
             stop_requested: outcome.container.stop_requested,
             at: now_ms(),
         },
         Err(e) => ExitRecord {
             exit_code: None,
-            reason: Some(e.to_string()),
+            reason: Some(bounded(e.to_string())),
             failed_to_start: !started,
             stop_requested: stop.requested.load(Ordering::SeqCst),
             at: now_ms(),
@@ -347,11 +352,18 @@ pub fn run(task_dir: &Path, ready: impl FnOnce()) -> Result<i32, MonitorError> {
     Ok(0)
 }
 
-/// Writes `message` to the monitor's own log (its stderr) with a time.
-pub fn note(message: &str) {
-    let _ = writeln!(
-        std::io::stderr(),
-        "{} skiff-monitor: {message}",
-        crate::service::model::rfc3339::format(now_ms())
-    );
+/// Longest reason kept in an exit record (the full story is in the task's logs).
+const MAX_REASON: usize = 2048;
+
+/// `text` cut to [`MAX_REASON`] bytes at a character boundary.
+fn bounded(mut text: String) -> String {
+    if text.len() > MAX_REASON {
+        let mut end = MAX_REASON;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
 }

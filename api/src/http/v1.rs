@@ -366,9 +366,9 @@ struct ImageList {
 
 async fn list_images<E: Executor>(
     State(app): State<App<E>>,
-    Caller(_): Caller,
+    Caller(tenant): Caller,
 ) -> Result<Json<ImageList>, ApiError> {
-    let images = blocking(move || app.service.images()).await?;
+    let images = blocking(move || app.service.images(&tenant)).await?;
     Ok(Json(ImageList { images }))
 }
 
@@ -381,15 +381,18 @@ struct PullInput {
 
 async fn pull_image<E: Executor>(
     State(app): State<App<E>>,
-    Caller(_): Caller,
+    Caller(tenant): Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<ImageInfo>, ApiError> {
     let input: PullInput = json_body(&headers, body)?;
     Ok(Json(
         blocking(move || {
-            app.service
-                .pull_image(&input.image, input.credentials_parameter.as_deref())
+            app.service.pull_image(
+                &tenant,
+                &input.image,
+                input.credentials_parameter.as_deref(),
+            )
         })
         .await?,
     ))
@@ -397,9 +400,9 @@ async fn pull_image<E: Executor>(
 
 async fn remove_image<E: Executor>(
     State(app): State<App<E>>,
-    Caller(_): Caller,
+    Caller(tenant): Caller,
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    blocking(move || app.service.remove_image(&name)).await?;
+    blocking(move || app.service.remove_image(&tenant, &name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -146,10 +146,7 @@ fn launch<E: Executor>(service: &Arc<Service<E>>, id: &str) -> Result<(), Servic
         .ok()
         .and_then(|d| d.container_definitions[0].repository_credentials.clone())
         .map(|c| c.credentials_parameter);
-    if let Err(e) = service
-        .executor
-        .prepare_image(&request.image, credentials.as_deref())
-    {
+    if let Err(e) = service.prepare_image(&task.tenant, &request.image, credentials.as_deref()) {
         return fail_to_start(service, id, e.to_string());
     }
     let task = set_status(
@@ -178,8 +175,20 @@ fn launch<E: Executor>(service: &Arc<Service<E>>, id: &str) -> Result<(), Servic
     supervise(service, id)
 }
 
-/// Applies a monitor's status to the task.
+/// Applies a monitor's status to the task, and tells the monitor again of a stop it has not
+/// acted on yet (a StopTask whose message was lost to a crash or a failed connection).
 fn observe<E: Executor>(service: &Service<E>, id: &str, status: &MonitorStatus) {
+    if matches!(status.phase, Phase::Starting | Phase::Running) {
+        let wants_stop = service
+            .store
+            .task(None, id)
+            .ok()
+            .flatten()
+            .is_some_and(|t| t.desired_status == DesiredStatus::Stopped);
+        if wants_stop {
+            let _ = service.executor.stop(id);
+        }
+    }
     let result = match status.phase {
         Phase::Starting => Ok(()),
         Phase::Running => set_status(service, id, TaskStatus::Running, "container started", |t| {
@@ -309,6 +318,8 @@ pub fn reconcile<E: Executor>(service: &Arc<Service<E>>) -> Result<usize, Servic
         let id = task.task_id.clone();
         match service.executor.probe(&id) {
             Probe::Alive | Probe::Exited(_) => spawn_supervise(service.clone(), id),
+            // Acknowledged and never started (a monitor that was starting when skiffd died is
+            // found by start(), which then follows it).
             Probe::NeverStarted if task.last_status <= TaskStatus::Activating => {
                 spawn_launch(service.clone(), id)
             }

@@ -69,6 +69,22 @@ pub struct ServiceSettings {
     pub uid_count: u32,
     /// How long STOPPED tasks are kept.
     pub retention: Duration,
+    /// Named registry credentials: who may use them, for which registry.
+    pub credentials: std::collections::HashMap<String, CredentialRule>,
+}
+
+/// Who may use named registry credentials, and where they may be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialRule {
+    /// `host[:port]`.
+    pub registry: String,
+    pub tenants: Vec<String>,
+}
+
+/// The registry host a reference names (`HOST[:PORT]/…`), if it names one.
+fn registry_of(image: &str) -> Option<&str> {
+    let (first, _) = image.split_once('/')?;
+    (first.contains(['.', ':']) || first == "localhost").then_some(first)
 }
 
 /// RunTask.
@@ -241,9 +257,11 @@ impl<E: Executor> Service<E> {
         }
         let (cpu, memory) = validate::overrides(&def, &input.overrides)?;
         let container = &def.container_definitions[0];
-        self.executor
-            .check_image(&container.image)
-            .map_err(|e| ServiceError::Unprocessable(e.to_string()))?;
+        let credentials = container
+            .repository_credentials
+            .as_ref()
+            .map(|c| c.credentials_parameter.as_str());
+        self.check_image_access(tenant, &container.image, credentials)?;
         let now = now_ms();
         let tasks: Vec<Task> = (0..count)
             .map(|_| Task {
@@ -404,13 +422,87 @@ impl<E: Executor> Service<E> {
         })
     }
 
-    pub fn images(&self) -> Result<Vec<crate::executor::ImageInfo>, ServiceError> {
-        self.executor.images().map_err(ServiceError::Executor)
+    /// Whether `tenant` may run `image` (with the named credentials): a private image of
+    /// another tenant looks like a missing one; credentials must be the tenant's and for the
+    /// image's registry.
+    pub fn check_image_access(
+        &self,
+        tenant: &Tenant,
+        image: &str,
+        credentials: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        let unknown = || {
+            ServiceError::Unprocessable(
+                ExecError::UnknownImage {
+                    image: image.to_owned(),
+                }
+                .to_string(),
+            )
+        };
+        let owners = self.store.image_owners(image)?;
+        if !owners.is_empty() && !owners.contains(&tenant.name) {
+            return Err(unknown());
+        }
+        if let Some(name) = credentials {
+            let field = "repositoryCredentials.credentialsParameter";
+            let rule = self
+                .settings
+                .credentials
+                .get(name)
+                .filter(|r| r.tenants.contains(&tenant.name))
+                .ok_or_else(|| Invalid {
+                    field: field.into(),
+                    message: format!("no registry credentials {name:?} for this tenant"),
+                })?;
+            if registry_of(image) != Some(rule.registry.as_str()) {
+                return Err(Invalid {
+                    field: field.into(),
+                    message: format!(
+                        "credentials {name:?} are for registry {}, which {image} does not name",
+                        rule.registry
+                    ),
+                }
+                .into());
+            }
+        }
+        self.executor.check_image(image).map_err(|_| unknown())
+    }
+
+    /// Makes sure `image` is stored, pulling it with the named credentials if missing; an image
+    /// pulled with a tenant's credentials becomes that tenant's.
+    pub(crate) fn prepare_image(
+        &self,
+        tenant: &str,
+        image: &str,
+        credentials: Option<&str>,
+    ) -> Result<(), ServiceError> {
+        let was_stored = self.executor.has_image(image);
+        self.executor
+            .prepare_image(image, credentials)
+            .map_err(ServiceError::Executor)?;
+        if !was_stored && credentials.is_some() {
+            self.store.add_image_owner(image, tenant)?;
+        }
+        Ok(())
+    }
+
+    /// The images the tenant may use: public ones and its private ones.
+    pub fn images(&self, tenant: &Tenant) -> Result<Vec<crate::executor::ImageInfo>, ServiceError> {
+        let mut images = self.executor.images().map_err(ServiceError::Executor)?;
+        let mut visible = Vec::with_capacity(images.len());
+        for image in images.drain(..) {
+            let owners = self.store.image_owners(&image.name)?;
+            if owners.is_empty() || owners.contains(&tenant.name) {
+                visible.push(image);
+            }
+        }
+        Ok(visible)
     }
 
     /// Pulls `image` (unless stored) with the named credentials of skiffd's configuration.
     pub fn pull_image(
         &self,
+        tenant: &Tenant,
         image: &str,
         credentials: Option<&str>,
     ) -> Result<crate::executor::ImageInfo, ServiceError> {
@@ -418,22 +510,37 @@ impl<E: Executor> Service<E> {
         if let Some(c) = credentials {
             validate::check_name("credentialsParameter", c)?;
         }
-        self.executor
-            .check_image(image)
-            .and_then(|()| self.executor.prepare_image(image, credentials))
+        self.check_image_access(tenant, image, credentials)?;
+        self.prepare_image(&tenant.name, image, credentials)
             .map_err(|e| ServiceError::Unprocessable(e.to_string()))?;
-        self.images()?
+        self.images(tenant)?
             .into_iter()
             .find(|i| i.name == image)
             .ok_or_else(|| ServiceError::NotFound(format!("image {image}")))
     }
 
-    pub fn remove_image(&self, name: &str) -> Result<(), ServiceError> {
+    /// Removes one of the tenant's private images; shared images are the host operator's
+    /// (`skiff-image remove`).
+    pub fn remove_image(&self, tenant: &Tenant, name: &str) -> Result<(), ServiceError> {
         validate::check_image("image", name)?;
+        let owners = self.store.image_owners(name)?;
+        if owners.is_empty() {
+            if !self.executor.has_image(name) {
+                return Err(ServiceError::NotFound(format!("image {name}")));
+            }
+            return Err(ServiceError::Conflict(format!(
+                "image {name} is shared by every tenant: the host's operator removes it (skiff-image remove)"
+            )));
+        }
+        if !owners.contains(&tenant.name) {
+            return Err(ServiceError::NotFound(format!("image {name}")));
+        }
         self.executor.remove_image(name).map_err(|e| match e {
             ExecError::NoSuchImage(_) => ServiceError::NotFound(format!("image {name}")),
             other => ServiceError::Executor(other),
-        })
+        })?;
+        self.store.forget_image_owners(name)?;
+        Ok(())
     }
 
     pub(crate) fn notify(&self, id: &str) {
@@ -464,7 +571,19 @@ impl<E: Executor> Service<E> {
                 desired_status: task.desired_status,
                 message,
             });
-        self.store.update_task(&task, event.as_ref())?;
+        // A passing storage error (a busy or briefly full disk) is retried: giving up would
+        // leave the task in a state no thread drives any more.
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match self.store.update_task(&task, event.as_ref()) {
+                Err(StateError::Sql(e)) if delay < Duration::from_secs(5) => {
+                    eprintln!("skiffd: task {id}: storing its change failed ({e}); retrying");
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                }
+                result => break result?,
+            }
+        }
         drop(_one_at_a_time);
         self.notify(id);
         Ok(task)

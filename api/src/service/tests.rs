@@ -43,6 +43,9 @@ impl Executor for Fake {
         }
         Ok(())
     }
+    fn has_image(&self, image: &str) -> bool {
+        !image.contains('/')
+    }
     fn prepare_image(&self, _: &str, _: Option<&str>) -> Result<(), ExecError> {
         if self.fail_pull {
             return Err(ExecError::Pull("connection refused".into()));
@@ -133,10 +136,18 @@ pub(crate) fn settings() -> ServiceSettings {
         uid_base: 200_000,
         uid_count: 1000,
         retention: Duration::from_secs(3600),
+        credentials: [(
+            "reg".to_owned(),
+            CredentialRule {
+                registry: "registry.test:5000".into(),
+                tenants: vec!["a".into()],
+            },
+        )]
+        .into(),
     }
 }
 
-fn service(fake: Fake) -> Arc<Service<Fake>> {
+pub(crate) fn service(fake: Fake) -> Arc<Service<Fake>> {
     Service::new(
         Box::new(SqliteStore::in_memory().unwrap()),
         fake,
@@ -456,4 +467,45 @@ fn reconciliation_adopts_launches_and_records_the_dead() {
     wait_for(&svc, &a, "never", TaskStatus::Stopped);
     let _ = wait_for(&svc, &a, "dead", TaskStatus::Stopped);
     assert_eq!(svc.capacity().unwrap().tasks, 0);
+}
+
+#[test]
+fn registry_credentials_are_the_tenants_and_their_images_private() {
+    let svc = service(Fake::default());
+    let (a, b) = (Tenant::unlimited("a"), Tenant::unlimited("b"));
+    let private = "registry.test:5000/app:1";
+    let field = |r: Result<(), ServiceError>| match r {
+        Err(ServiceError::Invalid(i)) => i.field,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        field(svc.check_image_access(&b, private, Some("reg"))),
+        "repositoryCredentials.credentialsParameter",
+        "another tenant's credentials"
+    );
+    assert_eq!(
+        field(svc.check_image_access(&a, "elsewhere.test:5000/app:1", Some("reg"))),
+        "repositoryCredentials.credentialsParameter",
+        "credentials go to their own registry only"
+    );
+    svc.check_image_access(&a, private, Some("reg")).unwrap();
+    // Pulled with a's credentials: a's image; b cannot run it, even with no credentials.
+    svc.prepare_image("a", private, Some("reg")).unwrap();
+    assert!(matches!(
+        svc.check_image_access(&b, private, None),
+        Err(ServiceError::Unprocessable(_))
+    ));
+    svc.check_image_access(&a, private, None).unwrap();
+    // A public image stays public when pulled again with credentials.
+    svc.prepare_image("a", "busybox:latest", Some("reg"))
+        .unwrap();
+    svc.check_image_access(&b, "busybox:latest", None).unwrap();
+    assert!(matches!(
+        svc.remove_image(&b, private),
+        Err(ServiceError::NotFound(_))
+    ));
+    assert!(matches!(
+        svc.remove_image(&a, "busybox:latest"),
+        Err(ServiceError::Conflict(_))
+    ));
 }

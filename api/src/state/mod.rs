@@ -184,4 +184,8 @@ pub trait StateStore: Send + Sync + 'static {
     fn delete_task(&self, id: &str) -> Result<(), StateError>;
     /// What tasks that are not STOPPED hold: all, and the tenant's.
     fn usage(&self, tenant: Option<&str>) -> Result<Usage, StateError>;
+    /// The tenants a private image (pulled with their credentials) belongs to; none: public.
+    fn image_owners(&self, image: &str) -> Result<Vec<String>, StateError>;
+    fn add_image_owner(&self, image: &str, tenant: &str) -> Result<(), StateError>;
+    fn forget_image_owners(&self, image: &str) -> Result<(), StateError>;
 }

@@ -28,6 +28,9 @@ const MIGRATIONS: &[&str] = &[
      CREATE TABLE task_events (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, task_id TEXT NOT NULL, body TEXT NOT NULL);
      CREATE INDEX task_events_by_task ON task_events (task_id, seq);",
+    // 2: images pulled with a tenant's registry credentials are that tenant's.
+    "CREATE TABLE image_owners (image TEXT NOT NULL, tenant TEXT NOT NULL,
+        PRIMARY KEY (image, tenant));",
 ];
 
 /// The SQLite state store.
@@ -71,6 +74,21 @@ impl SqliteStore {
             path: path.to_owned(),
             source,
         };
+        // Tenants' task definitions (environment variables) are in it: root's eyes only.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .mode(0o600)
+                .open(path)
+                .map_err(|e| {
+                    open_err(rusqlite::Error::InvalidPath(
+                        format!("{}: {e}", path.display()).into(),
+                    ))
+                })?;
+        }
         let conn = Connection::open(path).map_err(open_err)?;
         Self::init(conn).map_err(|e| match e {
             StateError::Sql(source) => open_err(source),
@@ -478,6 +496,28 @@ impl StateStore for SqliteStore {
     fn usage(&self, tenant: Option<&str>) -> Result<Usage, StateError> {
         usage_in(&self.conn(), tenant)
     }
+
+    fn image_owners(&self, image: &str) -> Result<Vec<String>, StateError> {
+        let conn = self.conn();
+        let mut stmt =
+            conn.prepare("SELECT tenant FROM image_owners WHERE image = ?1 ORDER BY tenant")?;
+        let rows = stmt.query_map(params![image], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn add_image_owner(&self, image: &str, tenant: &str) -> Result<(), StateError> {
+        self.conn().execute(
+            "INSERT OR IGNORE INTO image_owners (image, tenant) VALUES (?1, ?2)",
+            params![image, tenant],
+        )?;
+        Ok(())
+    }
+
+    fn forget_image_owners(&self, image: &str) -> Result<(), StateError> {
+        self.conn()
+            .execute("DELETE FROM image_owners WHERE image = ?1", params![image])?;
+        Ok(())
+    }
 }
 
 /// Records for tests.
@@ -693,6 +733,17 @@ mod tests {
             )
             .unwrap();
         assert_eq!(page2.iter().map(|d| d.revision).collect::<Vec<_>>(), [3]);
+    }
+
+    #[test]
+    fn private_images_have_owners() {
+        let store = SqliteStore::in_memory().unwrap();
+        assert!(store.image_owners("r:5000/x:1").unwrap().is_empty());
+        store.add_image_owner("r:5000/x:1", "b").unwrap();
+        store.add_image_owner("r:5000/x:1", "b").unwrap();
+        assert_eq!(store.image_owners("r:5000/x:1").unwrap(), ["b"]);
+        store.forget_image_owners("r:5000/x:1").unwrap();
+        assert!(store.image_owners("r:5000/x:1").unwrap().is_empty());
     }
 
     #[test]

@@ -166,7 +166,7 @@ fn qemu(args: &Args, name: &'static str, kernel: &Path) -> Subject {
 
 /// Resident KiB of `pid` outside its guest RAM.
 fn overhead_kib(pid: u32, guest_bytes: u64) -> anyhow::Result<u64> {
-    api::runner::vmm_overhead_kib(pid, guest_bytes)
+    api::executor::runner::vmm_overhead_kib(pid, guest_bytes)
         .with_context(|| format!("reading /proc/{pid}/smaps"))
 }
 

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
-use api::guest_control::{CommandOutput, ControlListener};
+use api::executor::guest_control::{CommandOutput, ControlListener};
 use skiff_protocol::vsock::{VsockListener, VsockStream};
 use skiff_protocol::ExitStatus;
 

@@ -7,7 +7,7 @@
 //! into the task's directory and starts `skiff-vmm --config FILE`, or, for a jailed task,
 //! `skiff-jailer ... --vm-config FILE`, which relocates the same configuration into the jail.
 
-use std::os::fd::BorrowedFd;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,7 +20,7 @@ use images::store::{Store, StoreError};
 use skiff_protocol::{ContainerSpec, ExitStatus};
 use skiff_vm_config::{ConfigError, DiskConfig, NetConfig, SerialOutput, VmConfig, VsockConfig};
 
-use crate::guest_control::{
+use crate::executor::guest_control::{
     control_socket_path, ContainerEvent, ContainerOutcome, ControlError, ControlListener,
 };
 
@@ -81,8 +81,12 @@ pub enum RunError {
     },
     #[error("the VMM exited ({status}) before guest-init connected; its log and console:\n{log}")]
     VmmDied { status: String, log: String },
+    #[error("the microVM ended while the task ran (VMM {status}); its log and console:\n{log}")]
+    VmmLost { status: String, log: String },
     #[error("guest-init did not connect within {0:?}")]
     BootTimeout(Duration),
+    #[error("stopped before the container started")]
+    StoppedBeforeStart,
     #[error("control channel: {0}")]
     Control(#[from] ControlError),
 }
@@ -123,6 +127,9 @@ pub struct TaskConfig {
     pub run_dir: PathBuf,
     /// Run the VMM in a jail (`skiff-jailer`); `vmm` is then the static `skiff-vmm` it copies in.
     pub jail: Option<JailSettings>,
+    /// When set, the console and VMM logs are moved here when the task's directory is removed
+    /// (skiffd keeps them with the task until its retention ends).
+    pub keep_logs_in: Option<PathBuf>,
 }
 
 /// How a task's VMM is jailed: `skiff-jailer --id ID --exec-file VMM --uid --gid --chroot-base
@@ -292,11 +299,50 @@ pub fn container_spec(task: &TaskConfig, image: &RunConfig) -> Result<ContainerS
 static NEXT_TASK: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// The task's own directory, removed when dropped.
-struct TaskDir(PathBuf);
+struct TaskDir {
+    path: PathBuf,
+    /// Where the console and VMM logs are kept when the directory goes.
+    keep_logs_in: Option<PathBuf>,
+}
 
 impl Drop for TaskDir {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        if let Some(keep) = &self.keep_logs_in {
+            for name in [CONSOLE_FILE, VMM_LOG_FILE] {
+                // Only regular files: the VMM's uid could have put a symlink there.
+                let from = self.path.join(name);
+                if std::fs::symlink_metadata(&from).is_ok_and(|m| m.file_type().is_file()) {
+                    let _ = std::fs::rename(&from, keep.join(name));
+                }
+            }
+        }
+        let _ = std::fs::remove_dir_all(&self.path);
+    }
+}
+
+/// How long a VMM whose control channel broke may take to be seen gone.
+const VMM_LOST_WAIT: Duration = Duration::from_secs(5);
+
+/// A control channel error after guest-init's hello: if the VMM is gone (killed, crashed), that
+/// is the task's story, with the VMM's status and the tails of its log and the console.
+fn after_hello_failure(
+    vmm: &mut Vmm,
+    error: ControlError,
+    vmm_log: &Path,
+    console: &Path,
+) -> RunError {
+    let deadline = Instant::now() + VMM_LOST_WAIT;
+    loop {
+        match vmm.0.try_wait() {
+            Ok(Some(status)) => {
+                return RunError::VmmLost {
+                    status: status.to_string(),
+                    log: format!("{}\n{}", tail(vmm_log), tail(console)),
+                }
+            }
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            _ => return error.into(),
+        }
     }
 }
 
@@ -312,8 +358,35 @@ impl Drop for Vmm {
     }
 }
 
+/// Bytes of a log read for its tail.
+const TAIL_BYTES: u64 = 8 << 10;
+
+/// The last lines of a log the VMM writes. The file lies in a directory the (jailed) VMM's uid
+/// owns, so it is opened without following a symlink, only as a regular file, and only its end
+/// is read: whatever the VMM put there, no other host file and no unbounded read.
 fn tail(path: &Path) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
+    use std::io::{Read, Seek, SeekFrom};
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(mut file) = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+    else {
+        return String::new();
+    };
+    let Ok(meta) = file.metadata() else {
+        return String::new();
+    };
+    if !meta.is_file()
+        || file
+            .seek(SeekFrom::Start(meta.len().saturating_sub(TAIL_BYTES)))
+            .is_err()
+    {
+        return String::new();
+    }
+    let mut data = Vec::new();
+    let _ = file.take(TAIL_BYTES).read_to_end(&mut data);
+    let text = String::from_utf8_lossy(&data);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
@@ -487,34 +560,37 @@ pub fn run_task(
         path: dir.clone(),
         source,
     })?;
-    let dir = TaskDir(dir);
-    let scratch = dir.0.join(SCRATCH_FILE);
+    let dir = TaskDir {
+        path: dir,
+        keep_logs_in: task.keep_logs_in.clone(),
+    };
+    let scratch = dir.path.join(SCRATCH_FILE);
     scratch_disk::create(&scratch, task.ephemeral_storage)?;
-    let vm = vm_config(task, &image_disk, &dir.0)?;
+    let vm = vm_config(task, &image_disk, &dir.path)?;
     vm.validate()?;
-    let uds = dir.0.join(VSOCK_FILE);
+    let uds = dir.path.join(VSOCK_FILE);
     let listener = ControlListener::bind(&uds)?;
     if let Some(jail) = &task.jail {
         // The jailed VMM writes its scratch disk, creates its socket and console log in the
         // task's directory (mounted in the jail), and connects to the control socket.
         use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&dir.0, std::fs::Permissions::from_mode(0o700)).map_err(
+        std::fs::set_permissions(&dir.path, std::fs::Permissions::from_mode(0o700)).map_err(
             |source| RunError::TaskDir {
-                path: dir.0.clone(),
+                path: dir.path.clone(),
                 source,
             },
         )?;
-        for path in [&dir.0, &scratch, &control_socket_path(&uds)] {
+        for path in [&dir.path, &scratch, &control_socket_path(&uds)] {
             hand_to(jail, path)?;
         }
     }
-    let config_file = dir.0.join(VM_CONFIG_FILE);
+    let config_file = dir.path.join(VM_CONFIG_FILE);
     std::fs::write(&config_file, vm.to_json()?).map_err(|source| RunError::TaskDir {
         path: config_file.clone(),
         source,
     })?;
-    let console = dir.0.join(CONSOLE_FILE);
-    let vmm_log_path = dir.0.join(VMM_LOG_FILE);
+    let console = dir.path.join(CONSOLE_FILE);
+    let vmm_log_path = dir.path.join(VMM_LOG_FILE);
     let vmm_log = std::fs::File::create(&vmm_log_path).map_err(|source| RunError::TaskDir {
         path: vmm_log_path.clone(),
         source,
@@ -551,6 +627,14 @@ pub fn run_task(
             Err(ControlError::Timeout(_)) => {}
             Err(e) => return Err(e.into()),
         }
+        if let Some(fd) = stop {
+            let mut fds = [skiff_protocol::poll::readable(fd.as_raw_fd())];
+            if skiff_protocol::poll::wait(&mut fds, Some(Instant::now())).is_ok()
+                && fds[0].revents != 0
+            {
+                return Err(RunError::StoppedBeforeStart);
+            }
+        }
         if let Ok(Some(status)) = vmm.0.try_wait() {
             return Err(RunError::VmmDied {
                 status: status.to_string(),
@@ -569,13 +653,15 @@ pub fn run_task(
         Some(_) => jailed_vmm_pid(&vmm_log_path),
     };
     let guest_bytes = task.memory_mib << 20;
-    let container = control.run_container(&spec, stop, |event| {
-        if let ContainerEvent::Started { .. } = event {
-            to_started = Some(start.elapsed());
-            vmm_overhead = vmm_pid.and_then(|pid| vmm_overhead_kib(pid, guest_bytes).ok());
-        }
-        on_event(event);
-    })?;
+    let container = control
+        .run_container(&spec, stop, |event| {
+            if let ContainerEvent::Started { .. } = event {
+                to_started = Some(start.elapsed());
+                vmm_overhead = vmm_pid.and_then(|pid| vmm_overhead_kib(pid, guest_bytes).ok());
+            }
+            on_event(event);
+        })
+        .map_err(|e| after_hello_failure(&mut vmm, e, &vmm_log_path, &console))?;
     let to_exited = start.elapsed();
     control.shutdown()?;
     // A jailer's peak RSS includes its reaped VMM's.
@@ -668,6 +754,7 @@ mod tests {
             kernel: PathBuf::new(),
             initramfs: PathBuf::new(),
             run_dir: PathBuf::new(),
+            keep_logs_in: None,
             jail: None,
         }
     }
