@@ -22,6 +22,7 @@ done
 static=target/x86_64-unknown-linux-gnu/release
 cargo build -q --release -p skiff-tests -p images -p api --bins
 RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target x86_64-unknown-linux-gnu -p vmm --bins
+RUSTFLAGS="-C target-feature=+crt-static" cargo build -q --release --target x86_64-unknown-linux-gnu -p api --bin skiff-monitor
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 target/release/skiff-image --store "$work/store" import target/test-images/busybox busybox:latest >/dev/null
@@ -51,7 +52,7 @@ target/release/skiff-nested \
     --binary "$static/skiff-vmm=/skiff/skiff-vmm" \
     --binary "$static/skiff-jailer=/skiff/skiff-jailer" \
     --binary target/release/skiffd=/skiff/skiffd \
-    --binary target/release/skiff-monitor=/skiff/skiff-monitor \
+    --binary "$static/skiff-monitor=/skiff/skiff-monitor" \
     --binary target/release/skiff=/skiff/skiff \
     --binary target/release/skiff-run=/skiff/skiff-run \
     --binary target/release/skiff-apibench=/skiff/skiff-apibench \
@@ -65,9 +66,10 @@ target/release/skiff-nested \
 echo 1 > /proc/sys/kernel/printk
 mkdir -p /run/skiff /tmp/runs
 export SKIFF_TOKEN=$token SKIFF_HOST=unix:///run/skiff/skiffd.sock
+pid_of() { for d in /proc/[0-9]*; do tr '\\0' ' ' < \$d/cmdline 2>/dev/null | grep -q -- "\$1" && echo \${d#/proc/}; done | head -n 1; }
 /skiff/skiffd --config /etc/skiff/skiffd.toml 2> /tmp/skiffd.log &
 i=0; until /skiff/skiff capacity > /dev/null 2>&1 || [ \$i -ge 300 ]; do sleep 0.1; i=\$((i+1)); done
-echo bench rss skiffd-idle \$(grep VmRSS /proc/\$(pgrep -x skiffd)/status | awk '{print \$2}')
+echo bench rss skiffd-idle \$(grep VmRSS /proc/\$(pid_of "/skiff/skiffd --config")/status | awk '{print \$2}')
 for i in \$(seq $runs); do
     /skiff/skiff-run --store /data/images --vmm /skiff/skiff-vmm --kernel /skiff/vmlinux \
         --initramfs /skiff/initramfs.cpio --image busybox:latest --memory-mib 512 \
@@ -79,7 +81,7 @@ done
 for c in 1 5 10; do /skiff/skiff-apibench launch --clients \$c --tasks $launches busybox:latest -- true | grep -E '^bench (rate|failures)'; done
 ID=\$(/skiff/skiff run -d busybox:latest -- sleep 600)
 /skiff/skiff wait --status RUNNING \$ID > /dev/null
-echo bench rss monitor \$(grep VmRSS /proc/\$(pgrep -f "skiff-monitor --task-dir /data/tasks/\$ID")/status | awk '{print \$2}')
+echo bench rss monitor \$(grep VmRSS /proc/\$(pid_of "skiff-monitor --task-dir /data/tasks/\$ID")/status | awk '{print \$2}')
 /skiff/skiff-apibench describe --clients 4 --requests 2000 \$ID
 /skiff/skiff stop \$ID > /dev/null; /skiff/skiff wait \$ID > /dev/null
 SCRIPT

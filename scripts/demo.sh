@@ -10,7 +10,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 static=target/x86_64-unknown-linux-gnu/release
 for f in target/guest/vmlinux target/guest/initramfs.cpio target/test-images/busybox/index.json \
-    "$static/skiff-vmm" "$static/skiff-jailer" target/release/skiffd; do
+    "$static/skiff-vmm" "$static/skiff-jailer" "$static/skiff-monitor" target/release/skiffd; do
     [ -f "$f" ] || { echo "demo: $f is missing: run scripts/setup.sh first" >&2; exit 1; }
 done
 work=$(mktemp -d)
@@ -64,7 +64,7 @@ if [ "$mode" = direct ]; then
     mkdir -p "$data"
     target/release/skiff-image --store "$data/images" import target/test-images/busybox busybox:latest >/dev/null
     config "$root/target/guest/vmlinux" "$root/target/guest/initramfs.cpio" "$root/$static/skiff-vmm" \
-        "$root/target/release/skiff-monitor" "$root/$static/skiff-jailer" > "$data/skiffd.toml"
+        "$root/$static/skiff-monitor" "$root/$static/skiff-jailer" > "$data/skiffd.toml"
     BIN=$root/target/release DATA=$data bash -c "$(demo_script)"
 else
     target/release/skiff-image --store "$work/store" import target/test-images/busybox busybox:latest >/dev/null
@@ -77,7 +77,7 @@ else
         --binary "$static/skiff-vmm=/skiff/skiff-vmm" \
         --binary "$static/skiff-jailer=/skiff/skiff-jailer" \
         --binary target/release/skiffd=/skiff/skiffd \
-        --binary target/release/skiff-monitor=/skiff/skiff-monitor \
+        --binary "$static/skiff-monitor=/skiff/skiff-monitor" \
         --binary target/release/skiff=/skiff/skiff \
         --binary "$(command -v mkfs.ext4)=/sbin/mkfs.ext4" \
         --file target/guest/vmlinux=/skiff/vmlinux \

@@ -8,7 +8,8 @@
 //! - Whiteouts: `.wh.NAME` deletes NAME from lower layers; `.wh..wh..opq` empties its directory
 //!   of what lower layers put there.
 //! - Hard links must name a regular file already unpacked inside the root.
-//! - Modes, owners and mtimes are applied (directory mtimes last, as their children change them).
+//! - Modes, owners and mtimes are applied (directory mtimes last, as their children change them);
+//!   the mode after the owner, as a change of owner clears the set-user-ID and set-group-ID bits.
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -253,7 +254,6 @@ pub fn unpack_layer(
         let kind = header.entry_type();
         if kind.is_dir() {
             ensure_dir(&path).map_err(io_err(&rel))?;
-            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err(&rel))?;
             dir_times.push((path.clone(), mtime));
         } else {
             remove_any(&path).map_err(io_err(&rel))?;
@@ -266,8 +266,6 @@ pub fn unpack_layer(
                     .open(&path)
                     .map_err(io_err(&rel))?;
                 std::io::copy(&mut entry, &mut file).map_err(io_err(&rel))?;
-                fs::set_permissions(&path, fs::Permissions::from_mode(mode))
-                    .map_err(io_err(&rel))?;
             } else if kind.is_symlink() {
                 let target = header
                     .link_name()
@@ -317,6 +315,11 @@ pub fn unpack_layer(
         }
         if chown && !kind.is_hard_link() {
             lchown(&path, uid, gid).map_err(io_err(&rel))?;
+        }
+        // Only now: lchown clears S_ISUID and S_ISGID of what is not a directory. (A symlink's
+        // mode means nothing; a hard link shares its target's.) Also undoes mknod's umask.
+        if !kind.is_symlink() && !kind.is_hard_link() {
+            fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err(&rel))?;
         }
         this_layer.insert(rel);
         stats.entries += 1;
@@ -515,6 +518,46 @@ mod tests {
         assert_eq!(fs::read(r.join("zhello")).unwrap(), b"zworld");
         let err = unpack_layer(&r, &b"not zstd at all"[..], Compression::Zstd, false).unwrap_err();
         assert!(matches!(err, UnpackError::Tar(_)), "{err}");
+        fs::remove_dir_all(r).unwrap();
+    }
+
+    #[test]
+    fn set_id_bits_survive_the_change_of_owner() {
+        // SAFETY: geteuid has no arguments and cannot fail.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: changing owners needs root");
+            return;
+        }
+        let r = root("setid");
+        let mut b = tar::Builder::new(Vec::new());
+        let entries: [(&str, u32, u64, tar::EntryType); 4] = [
+            ("bin/su", 0o4755, 0, tar::EntryType::Regular),
+            ("bin/wall", 0o2755, 1000, tar::EntryType::Regular),
+            ("bin/both", 0o6711, 1000, tar::EntryType::Regular),
+            ("shared", 0o2775, 1000, tar::EntryType::Directory),
+        ];
+        for (name, mode, owner, kind) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(kind);
+            h.set_mode(mode);
+            h.set_uid(owner);
+            h.set_gid(owner);
+            h.set_mtime(1_000_000);
+            h.set_size(if kind.is_dir() { 0 } else { 2 });
+            h.set_cksum();
+            let data: &[u8] = if kind.is_dir() { b"" } else { b"#!" };
+            b.append_data(&mut h, name, data).unwrap();
+        }
+        let layer = b.into_inner().unwrap();
+        unpack_layer(&r, &layer[..], Compression::None, true).unwrap();
+        for (name, mode, owner, _) in entries {
+            let m = fs::symlink_metadata(r.join(name)).unwrap();
+            assert_eq!(
+                (m.mode() & 0o7777, m.uid(), m.gid()),
+                (mode, owner as u32, owner as u32),
+                "{name}"
+            );
+        }
         fs::remove_dir_all(r).unwrap();
     }
 }

@@ -56,6 +56,8 @@ pub enum Artefact {
     SkiffVmm,
     /// `skiff-jailer` (static release build)
     SkiffJailer,
+    /// `skiff-monitor` (static release build: small, and the same wherever it runs)
+    SkiffMonitor,
     /// `skiff-bootbench` (release build)
     BootBench,
     /// `skiff-probe` (static release build: it runs in the nested host and in guests)
@@ -76,6 +78,7 @@ impl Artefact {
             Artefact::GuestInit => static_bin_dir().join("skiff-init"),
             Artefact::SkiffVmm => static_bin_dir().join("skiff-vmm"),
             Artefact::SkiffJailer => static_bin_dir().join("skiff-jailer"),
+            Artefact::SkiffMonitor => static_bin_dir().join("skiff-monitor"),
             Artefact::BootBench => bin_dir().join("skiff-bootbench"),
             Artefact::Probe => static_bin_dir().join("skiff-probe"),
             Artefact::SkiffImage => bin_dir().join("skiff-image"),
@@ -99,6 +102,7 @@ impl Artefact {
             | Artefact::GuestInit
             | Artefact::SkiffVmm
             | Artefact::SkiffJailer
+            | Artefact::SkiffMonitor
             | Artefact::Probe => "run scripts/setup.sh",
             Artefact::TestImage(_) => "run scripts/setup.sh (or scripts/build-test-images.sh)",
             Artefact::BootBench | Artefact::SkiffImage => "run cargo build --release --workspace",

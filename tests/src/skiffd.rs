@@ -91,7 +91,7 @@ wait_log() {{
 pub fn skiffd_host(store: &Path, jailed: bool) -> Result<NestedHost, ContainerHostError> {
     let mut host = NestedHost::with_skiff()?;
     host.binary("skiff/skiffd", &bin_dir().join("skiffd"))?
-        .binary("skiff/skiff-monitor", &bin_dir().join("skiff-monitor"))?
+        .binary("skiff/skiff-monitor", &Artefact::SkiffMonitor.path())?
         .binary("skiff/skiff", &bin_dir().join("skiff"))?
         .binary("skiff/skiff-jailer", &Artefact::SkiffJailer.path())?
         .binary("sbin/mkfs.ext4", Path::new("/sbin/mkfs.ext4"))?

@@ -35,6 +35,7 @@ fn skiffd_runs_tasks_in_jailed_microvms_and_survives_its_own_death() {
         .map(|a| Need::Artefact(*a))
         .collect();
     needs.push(Need::Artefact(Artefact::SkiffJailer));
+    needs.push(Need::Artefact(Artefact::SkiffMonitor));
     needs.push(Need::Artefact(Artefact::TestImage("busybox")));
     needs.push(Need::Program("qemu-system-x86_64"));
     needs.push(Need::Program("mkfs.ext4"));
@@ -71,8 +72,10 @@ fn skiffd_runs_tasks_in_jailed_microvms_and_survives_its_own_death() {
             "burst",
             // SIGKILL in the middle of a RunTask burst: every acknowledged task runs to its end.
             format!(
-                "rm -f /tmp/ids; for i in 1 2 3 4; do (skiff run -d --name burst {bb} -- echo burst >> /tmp/ids 2>/dev/null) & done\n\
-                 sleep 0.4; kill_skiffd; sleep 1; start_skiffd\n\
+                "rm -f /tmp/ids; touch /tmp/ids\n\
+                 for i in 1 2 3 4 5 6; do (skiff run -d --name burst {bb} -- echo burst >> /tmp/ids 2>/dev/null) & sleep 0.05; done\n\
+                 i=0; until [ -s /tmp/ids ] || [ $i -ge 200 ]; do sleep 0.02; i=$((i+1)); done\n\
+                 kill_skiffd; sleep 1; start_skiffd\n\
                  echo acknowledged $(wc -l < /tmp/ids)\n\
                  for id in $(cat /tmp/ids); do echo \"$id $(skiff wait $id) $(skiff logs $id)\"; done"
             ),
@@ -121,9 +124,10 @@ fn skiffd_runs_tasks_in_jailed_microvms_and_survives_its_own_death() {
             "capacity",
             // 30 RunTask at once against room for 10: exactly 10 admitted.
             format!(
-                "rm -f /tmp/ok /tmp/refused; skiff run -d --name cap {bb} -- true > /dev/null 2>&1\n\
+                "rm -f /tmp/ok /tmp/refused; skiff wait $(skiff run -d --name cap {bb} -- true) > /dev/null\n\
                  for i in $(seq 1 30); do (skiff run -d --name cap {bb} -- sleep 60 >> /tmp/ok 2>> /tmp/refused) & done; wait\n\
                  echo admitted $(wc -l < /tmp/ok) refused $(grep -c RESOURCE:CPU /tmp/refused)\n\
+                 grep -v RESOURCE:CPU /tmp/refused\n\
                  for id in $(cat /tmp/ok); do skiff stop $id > /dev/null; done\n\
                  for id in $(cat /tmp/ok); do skiff wait $id > /dev/null; done\n\
                  skiff --json capacity"
@@ -189,6 +193,7 @@ fn skiffd_runs_tasks_in_jailed_microvms_and_survives_its_own_death() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no monitor RSS in {out}"));
     eprintln!("nested_skiffd: monitor RSS {rss} KiB");
+    assert!(rss > 0, "{out}");
 
     let (out, status) = case("burst");
     assert_eq!(status, 0, "{out}\n{console}");

@@ -50,30 +50,7 @@ struct Args {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Runs IMAGE in its own microVM (registering a task definition for it, or reusing one).
-    Run {
-        image: String,
-        /// CPU units (1024 = one vCPU).
-        #[arg(long, default_value_t = 256)]
-        cpu: u32,
-        /// Memory in MiB.
-        #[arg(long, default_value_t = 512)]
-        memory: u32,
-        /// An environment variable, KEY=VALUE (repeatable).
-        #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
-        env: Vec<String>,
-        /// The task definition family (default: from the image's name).
-        #[arg(long)]
-        name: Option<String>,
-        /// Print the task id and return instead of following the task.
-        #[arg(short = 'd', long)]
-        detach: bool,
-        /// Seconds between SIGTERM and SIGKILL when the task is stopped (2-120).
-        #[arg(long)]
-        stop_timeout: Option<u32>,
-        /// The command (replaces the image's Cmd).
-        #[arg(last = true)]
-        command: Vec<String>,
-    },
+    Run(RunArgs),
     /// Lists running tasks (all with -a).
     Ps {
         #[arg(short = 'a', long)]
@@ -271,15 +248,30 @@ fn family_for(image: &str) -> String {
     }
 }
 
-/// What `skiff run` was asked.
+/// What `skiff run` is asked.
+#[derive(Debug, clap::Args)]
 struct RunArgs {
     image: String,
+    /// CPU units (1024 = one vCPU).
+    #[arg(long, default_value_t = 256)]
     cpu: u32,
+    /// Memory in MiB.
+    #[arg(long, default_value_t = 512)]
     memory: u32,
+    /// An environment variable, KEY=VALUE (repeatable).
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE")]
     env: Vec<String>,
+    /// The task definition family (default: from the image's name).
+    #[arg(long)]
     name: Option<String>,
+    /// Print the task id and return instead of following the task.
+    #[arg(short = 'd', long)]
     detach: bool,
+    /// Seconds between SIGTERM and SIGKILL when the task is stopped (2-120).
+    #[arg(long)]
     stop_timeout: Option<u32>,
+    /// The command (replaces the image's Cmd).
+    #[arg(last = true)]
     command: Vec<String>,
 }
 
@@ -427,28 +419,7 @@ async fn dispatch(args: Args) -> anyhow::Result<i32> {
     let c = client(&args)?;
     let json_out = args.json;
     match args.command {
-        Command::Run {
-            image,
-            cpu,
-            memory,
-            env,
-            name,
-            detach,
-            stop_timeout,
-            command,
-        } => {
-            let args = RunArgs {
-                image,
-                cpu,
-                memory,
-                env,
-                name,
-                detach,
-                stop_timeout,
-                command,
-            };
-            return run(&c, json_out, args).await;
-        }
+        Command::Run(args) => return run(&c, json_out, args).await,
         Command::Wait {
             task,
             status,

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::runner::TaskConfig;
 use crate::service::model::Millis;
 
 pub const LAUNCH_FILE: &str = "launch.json";
@@ -33,47 +34,13 @@ pub const RUN_DIR: &str = "run";
 /// Longest line a client or the monitor reads on the socket.
 pub const MAX_LINE: usize = 64 << 10;
 
-/// Jail settings of a task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct JailSpec {
-    pub jailer: PathBuf,
-    /// The jail's id (the task id).
-    pub id: String,
-    pub uid: u32,
-    pub gid: u32,
-    pub chroot_base: PathBuf,
-    /// cgroup memory limit: the task's memory plus the VMM's overhead.
-    pub memory_limit_mib: u64,
-    /// cgroup CPU quota in CPU units (1024 = one CPU).
-    pub cpu_units: u32,
-    pub pids: u64,
-    pub nofile: u64,
-}
-
 /// Everything a monitor needs to run its task.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LaunchSpec {
     pub task_id: String,
-    pub store: PathBuf,
-    pub image: String,
-    pub entrypoint: Option<Vec<String>>,
-    pub command: Vec<String>,
-    /// `KEY=VALUE`.
-    pub env: Vec<String>,
-    pub workdir: Option<String>,
-    pub user: Option<String>,
-    pub hostname: String,
-    pub vcpus: u8,
-    pub memory_mib: u64,
-    pub ephemeral_storage_bytes: u64,
-    pub stop_timeout_ms: u64,
-    pub boot_timeout_ms: u64,
-    pub vmm: PathBuf,
-    pub kernel: PathBuf,
-    pub initramfs: PathBuf,
-    pub jail: Option<JailSpec>,
+    /// The runner's task, with its run directory inside the task directory.
+    pub task: TaskConfig,
     /// The container log's size before it is rotated (one rotated file is kept).
     pub log_max_bytes: u64,
 }

@@ -15,9 +15,10 @@ use images::store::registry::{pull, Credentials, PullOptions, Reference};
 use images::store::Store;
 
 use super::contract::{
-    read_json, write_json_atomic, JailSpec, LaunchSpec, MonitorRequest, MonitorStatus, Phase,
-    TaskFiles, MAX_LINE,
+    read_json, write_json_atomic, LaunchSpec, MonitorRequest, MonitorStatus, Phase, TaskFiles,
+    MAX_LINE,
 };
+use super::runner::{JailSettings, TaskConfig};
 use super::{ExecError, Executor, ImageInfo, LogFiles, Probe, StartRequest, Supervision};
 
 /// How long removing a dead monitor's jail may take.
@@ -111,10 +112,9 @@ impl LocalExecutor {
         Store::open(&self.settings.images_dir).map_err(|e| ExecError::Store(e.to_string()))
     }
 
-    fn launch_spec(&self, r: &StartRequest) -> LaunchSpec {
+    fn launch_spec(&self, r: &StartRequest, files: &TaskFiles) -> LaunchSpec {
         let vcpus = r.cpu.div_ceil(1024).clamp(1, 32) as u8;
-        LaunchSpec {
-            task_id: r.task_id.clone(),
+        let task = TaskConfig {
             store: self.settings.images_dir.clone(),
             image: r.image.clone(),
             entrypoint: r.entrypoint.clone(),
@@ -123,26 +123,32 @@ impl LocalExecutor {
             workdir: r.workdir.clone(),
             user: r.user.clone(),
             hostname: r.hostname.clone(),
+            network: None,
             vcpus,
             memory_mib: u64::from(r.memory),
-            ephemeral_storage_bytes: u64::from(r.ephemeral_gib) << 30,
-            stop_timeout_ms: u64::from(r.stop_timeout_s) * 1000,
-            boot_timeout_ms: u64::try_from(self.settings.boot_timeout.as_millis())
-                .unwrap_or(u64::MAX),
+            ephemeral_storage: u64::from(r.ephemeral_gib) << 30,
+            stop_timeout: Duration::from_secs(u64::from(r.stop_timeout_s)),
+            boot_timeout: self.settings.boot_timeout,
             vmm: self.settings.vmm.clone(),
             kernel: self.settings.kernel.clone(),
             initramfs: self.settings.initramfs.clone(),
-            jail: self.settings.jail.as_ref().map(|j| JailSpec {
+            run_dir: files.run_dir(),
+            jail: self.settings.jail.as_ref().map(|j| JailSettings {
                 jailer: j.jailer.clone(),
                 id: r.task_id.clone(),
                 uid: r.jail_uid,
                 gid: r.jail_uid,
                 chroot_base: j.chroot_base.clone(),
                 memory_limit_mib: u64::from(r.memory) + j.vmm_overhead_mib,
-                cpu_units: r.cpu,
+                cpus: f64::from(r.cpu) / 1024.0,
                 pids: j.pids,
                 nofile: j.nofile,
             }),
+            keep_logs_in: Some(files.dir.clone()),
+        };
+        LaunchSpec {
+            task_id: r.task_id.clone(),
+            task,
             log_max_bytes: self.settings.log_max_bytes,
         }
     }
@@ -227,7 +233,7 @@ impl Executor for LocalExecutor {
             std::fs::set_permissions(&files.dir, std::fs::Permissions::from_mode(0o700))
                 .map_err(task_dir_err(&files.dir))?;
         }
-        write_json_atomic(&files.launch(), &self.launch_spec(request))
+        write_json_atomic(&files.launch(), &self.launch_spec(request, &files))
             .map_err(task_dir_err(&files.launch()))?;
         let log = std::fs::OpenOptions::new()
             .create(true)

@@ -18,7 +18,7 @@ use super::contract::{
 };
 use super::logs::LogWriter;
 use crate::executor::guest_control::ContainerEvent;
-use crate::executor::runner::{run_task, JailSettings, TaskConfig};
+use crate::executor::runner::run_task;
 use crate::service::model::now_ms;
 
 /// Errors setting the monitor up (the task's own failures go into its exit record).
@@ -210,41 +210,6 @@ fn watch_signals(stop: Arc<StopPipe>) -> std::io::Result<()> {
     Ok(())
 }
 
-fn task_config(spec: &LaunchSpec, files: &TaskFiles) -> TaskConfig {
-    TaskConfig {
-        store: spec.store.clone(),
-        image: spec.image.clone(),
-        entrypoint: spec.entrypoint.clone(),
-        command: spec.command.clone(),
-        env: spec.env.clone(),
-        workdir: spec.workdir.clone(),
-        user: spec.user.clone(),
-        hostname: spec.hostname.clone(),
-        network: None,
-        vcpus: spec.vcpus,
-        memory_mib: spec.memory_mib,
-        ephemeral_storage: spec.ephemeral_storage_bytes,
-        stop_timeout: Duration::from_millis(spec.stop_timeout_ms),
-        boot_timeout: Duration::from_millis(spec.boot_timeout_ms),
-        vmm: spec.vmm.clone(),
-        kernel: spec.kernel.clone(),
-        initramfs: spec.initramfs.clone(),
-        run_dir: files.run_dir(),
-        keep_logs_in: Some(files.dir.clone()),
-        jail: spec.jail.as_ref().map(|j| JailSettings {
-            jailer: j.jailer.clone(),
-            id: j.id.clone(),
-            uid: j.uid,
-            gid: j.gid,
-            chroot_base: j.chroot_base.clone(),
-            memory_limit_mib: j.memory_limit_mib,
-            cpus: f64::from(j.cpu_units) / 1024.0,
-            pids: j.pids,
-            nofile: j.nofile,
-        }),
-    }
-}
-
 /// Sets the monitor up in `task_dir`; calls `ready` once skiffd can rely on it (lock held,
 /// socket bound, status written), then runs the task to its end. Returns the process's exit
 /// status.
@@ -296,7 +261,7 @@ pub fn run(task_dir: &Path, ready: impl FnOnce()) -> Result<i32, MonitorError> {
     )?;
     ready();
 
-    let config = task_config(&spec, &files);
+    let config = spec.task;
     let mut log_error = None;
     let result = run_task(&config, Some(stop.read.as_fd()), |event| match event {
         ContainerEvent::Started { .. } => {

@@ -91,8 +91,9 @@ pub enum RunError {
     Control(#[from] ControlError),
 }
 
-/// A task to run.
-#[derive(Debug, Clone)]
+/// A task to run (serialisable: skiffd hands it to the task's monitor in a file).
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskConfig {
     /// The image store's directory.
     pub store: PathBuf,
@@ -136,7 +137,8 @@ pub struct TaskConfig {
 /// BASE --cgroup memory=..M --cgroup cpus=.. --cgroup pids=.. --resource-limit no-file=..
 /// --vm-config FILE`, and `skiff-jailer --cleanup` when it is over. The task's directory and
 /// scratch disk are handed to `uid`/`gid`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct JailSettings {
     /// The `skiff-jailer` binary.
     pub jailer: PathBuf,
@@ -183,7 +185,8 @@ impl JailSettings {
 }
 
 /// A task's network interface: `eth0` in the guest, backed by a host tap that exists already.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct TaskNetwork {
     /// The host tap's name.
     pub tap: String,

@@ -95,14 +95,17 @@ pub fn check_size(cpu: u32, memory: u32) -> Result<(), Invalid> {
     }
 }
 
-/// `256`, `"256"`, `"1 vCPU"`, `"0.25 vcpu"` → CPU units.
-fn parse_cpu(value: &serde_json::Value) -> Result<u32, Invalid> {
-    let bad = || {
-        invalid(
-            "cpu",
-            format!("{value} is not CPU units (e.g. 256 or \"1 vCPU\")"),
-        )
-    };
+/// A whole quantity given as a number (`512`) or a string: plain (`"512"`, with an optional
+/// `plain_suffix`) or in a larger unit (`"0.5 vcpu"`, `"2 gb"`: `unit_suffix`, times `scale`).
+fn parse_quantity(
+    field: &str,
+    value: &serde_json::Value,
+    unit_suffix: &str,
+    plain_suffix: &str,
+    scale: f64,
+    example: &str,
+) -> Result<u32, Invalid> {
+    let bad = || invalid(field, format!("{value} is not {example}"));
     match value {
         serde_json::Value::Number(n) => n
             .as_u64()
@@ -110,50 +113,47 @@ fn parse_cpu(value: &serde_json::Value) -> Result<u32, Invalid> {
             .ok_or_else(bad),
         serde_json::Value::String(s) => {
             let s = s.trim().to_ascii_lowercase();
-            if let Some(v) = s.strip_suffix("vcpu") {
+            if let Some(v) = s.strip_suffix(unit_suffix) {
                 let v: f64 = v.trim().parse().map_err(|_| bad())?;
-                let units = v * 1024.0;
+                let whole = v * scale;
                 (v.is_finite()
-                    && units >= 1.0
-                    && units <= f64::from(u32::MAX)
-                    && units.fract() == 0.0)
-                    .then_some(units as u32)
+                    && (1.0..=f64::from(u32::MAX)).contains(&whole)
+                    && whole.fract() == 0.0)
+                    .then_some(whole as u32)
                     .ok_or_else(bad)
             } else {
-                s.parse().map_err(|_| bad())
+                s.trim_end_matches(plain_suffix)
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad())
             }
         }
         _ => Err(bad()),
     }
 }
 
-/// `512`, `"512"`, `"2 GB"` → MiB.
+/// `256`, `"256"`, `"1 vCPU"`, `"0.25 vcpu"` → CPU units.
+fn parse_cpu(value: &serde_json::Value) -> Result<u32, Invalid> {
+    parse_quantity(
+        "cpu",
+        value,
+        "vcpu",
+        "",
+        1024.0,
+        "CPU units (e.g. 256 or \"1 vCPU\")",
+    )
+}
+
+/// `512`, `"512"`, `"512 MB"`, `"2 GB"` → MiB.
 fn parse_memory(value: &serde_json::Value) -> Result<u32, Invalid> {
-    let bad = || {
-        invalid(
-            "memory",
-            format!("{value} is not MiB (e.g. 512 or \"2 GB\")"),
-        )
-    };
-    match value {
-        serde_json::Value::Number(n) => n
-            .as_u64()
-            .and_then(|n| u32::try_from(n).ok())
-            .ok_or_else(bad),
-        serde_json::Value::String(s) => {
-            let s = s.trim().to_ascii_lowercase();
-            if let Some(v) = s.strip_suffix("gb") {
-                let v: f64 = v.trim().parse().map_err(|_| bad())?;
-                let mib = v * 1024.0;
-                (v.is_finite() && mib >= 1.0 && mib <= f64::from(u32::MAX) && mib.fract() == 0.0)
-                    .then_some(mib as u32)
-                    .ok_or_else(bad)
-            } else {
-                s.trim_end_matches("mb").trim().parse().map_err(|_| bad())
-            }
-        }
-        _ => Err(bad()),
-    }
+    parse_quantity(
+        "memory",
+        value,
+        "gb",
+        "mb",
+        1024.0,
+        "MiB (e.g. 512 or \"2 GB\")",
+    )
 }
 
 /// A name of 1-255 letters, digits, `-` and `_` (ECS's rule for families and containers).

@@ -74,6 +74,11 @@ pub fn import_archive(
     path: &Path,
     name: Option<&str>,
 ) -> Result<(String, ImageRecord), ImportError> {
+    // Checked again where it is stored (with a name from the archive too); here so that a bad
+    // name fails before any work.
+    if let Some(name) = name {
+        super::check_name(name).map_err(StoreError::from)?;
+    }
     store.all_or_nothing(|added| import(store, path, name, added))
 }
 

@@ -15,6 +15,7 @@
 
 pub mod archive;
 pub mod digest;
+pub mod name;
 pub mod oci;
 pub mod registry;
 
@@ -28,6 +29,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 
 pub use self::digest::{Digest, DigestError, Hasher};
+pub use self::name::{check_name, NameError};
 
 /// Most bytes of a JSON blob (manifest, index, config) we read into memory.
 pub const MAX_JSON_BLOB: u64 = 4 << 20;
@@ -57,6 +59,8 @@ pub enum StoreError {
     MissingBlob(Digest),
     #[error("no image named {0:?}")]
     NoSuchImage(String),
+    #[error(transparent)]
+    BadName(#[from] NameError),
     #[error("image store index {path} is corrupt: {source}")]
     CorruptIndex {
         path: PathBuf,
@@ -311,9 +315,11 @@ impl Store {
     }
 
     /// Names `name` the image `record` (whose blobs must all be stored), replacing any image of
-    /// that name. The blobs are checked under the lock, so a concurrent failed import (which
-    /// deletes what it added under the same lock) cannot leave the image without one.
+    /// that name. The name must be an OCI reference ([`check_name`]): every import and pull
+    /// stores its name here. The blobs are checked under the lock, so a concurrent failed import
+    /// (which deletes what it added under the same lock) cannot leave the image without one.
     pub fn tag(&self, name: &str, record: ImageRecord) -> Result<(), StoreError> {
+        check_name(name)?;
         let _lock = self.lock()?;
         if let Some(missing) = record.blobs().find(|d| !self.has_blob(d)) {
             return Err(StoreError::MissingBlob(missing));
@@ -563,6 +569,16 @@ mod tests {
             store.remove("a:1"),
             Err(StoreError::NoSuchImage(_))
         ));
+        // Nor can a name that is not an OCI reference; nothing is stored under it.
+        for bad in ["../evil", "a/../b", "Upper:1", "", &"x".repeat(300)] {
+            let err = store.tag(bad, b.clone()).unwrap_err();
+            assert!(matches!(err, StoreError::BadName(_)), "{bad:?}: {err}");
+            assert!(err.to_string().contains("invalid image name"), "{err}");
+        }
+        assert_eq!(
+            store.list().unwrap().keys().collect::<Vec<_>>(),
+            vec!["b:1"]
+        );
         // An image whose blobs are not stored cannot be tagged.
         assert!(matches!(
             store.tag("c:1", a),

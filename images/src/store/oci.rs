@@ -134,6 +134,8 @@ pub(crate) fn parse<'a, T: Deserialize<'a>>(what: &str, data: &'a [u8]) -> Resul
 /// Imports the OCI image layout at `dir` as `name`. On failure nothing new stays in the store
 /// and no image is named.
 pub fn import_layout(store: &Store, dir: &Path, name: &str) -> Result<ImageRecord, ImportError> {
+    // Checked again where it is stored; here so that a bad name fails before any work.
+    super::check_name(name).map_err(StoreError::from)?;
     store.all_or_nothing(|added| import(store, dir, name, added))
 }
 

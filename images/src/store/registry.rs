@@ -291,6 +291,8 @@ pub fn pull(
     name: &str,
     options: &PullOptions,
 ) -> Result<(ImageRecord, PullReport), RegistryError> {
+    // Checked again where it is stored; here so that a bad name fails before any download.
+    super::check_name(name).map_err(StoreError::from)?;
     let mut client = Client::new(reference, options)?;
     store.all_or_nothing(|added| {
         let top = client.top_manifest(store, reference)?;

@@ -14,7 +14,7 @@ use super::block_request::{
     find_status, parse, Desc, Request, RequestError, RequestKind, ID_BYTES, MAX_SEGMENTS,
     SECTOR_SIZE,
 };
-use super::{read_config_bytes, VirtioDevice, TYPE_BLOCK};
+use super::{pop_chain, read_config_bytes, VirtioDevice, TYPE_BLOCK};
 use crate::seccomp::{self, ThreadKind};
 
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -315,22 +315,28 @@ impl VirtioDevice for Block {
     }
 
     /// Takes every available request, runs their transfers (in parallel when there are several),
-    /// then completes them in order: flushes and ids run after the batch's transfers.
+    /// then completes them in order: flushes and ids run after the batch's transfers. A chain
+    /// refused unread (too long, indirect, broken) is returned as used with nothing written.
     fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
         let Some(queue) = queues.get_mut(index) else {
             return false;
         };
         let mut chains = Vec::new();
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            chains.push((
-                chain.head_index(),
-                chain.map(Desc::from).collect::<Vec<_>>(),
-            ));
+        let mut parsed = Vec::new();
+        // A header, MAX_SEGMENTS data buffers and a status: at most as many descriptors as the
+        // queue has, so each chain read holds at most QUEUE_SIZE descriptors.
+        while let Some((head, descs)) = pop_chain(queue, mem, MAX_SEGMENTS + 2) {
+            match descs {
+                Ok(descs) => {
+                    parsed.push(parse(descs.iter().copied(), mem, self.capacity));
+                    chains.push((head, descs));
+                }
+                Err(e) => {
+                    parsed.push(Err(RequestError::from(e)));
+                    chains.push((head, Vec::new()));
+                }
+            }
         }
-        let parsed: Vec<_> = chains
-            .iter()
-            .map(|(_, descs)| parse(descs.iter().copied(), mem, self.capacity))
-            .collect();
         let transferred = self.run_transfers(&parsed, mem);
         let mut used_any = false;
         for (((head, descs), parsed), transferred) in chains.iter().zip(parsed).zip(transferred) {
@@ -737,6 +743,57 @@ mod tests {
             .map(|i| m.read_obj(q.used_addr().unchecked_add(4 + 8 * i)).unwrap())
             .collect();
         assert_eq!(heads, vec![0, 3, 6, 9, 12, 15]);
+    }
+
+    #[test]
+    fn indirect_chains_are_refused_unread_and_the_next_request_is_served() {
+        const F_INDIRECT: u16 = 4;
+        let disk = Disk::new("indirect", &[3u8; 8 * 512]);
+        let mut block = Block::open(&disk.path, false, "i").unwrap();
+        let m = mem();
+        put_header(&m, 0x1000, VIRTIO_BLK_T_IN, 0);
+        // An indirect table holding a valid read: header, data at 0x2000, status at 0x3000.
+        let table = [
+            SplitDescriptor::new(0x1000, 16, F_NEXT, 1),
+            SplitDescriptor::new(0x2000, 512, F_NEXT | F_WRITE, 2),
+            SplitDescriptor::new(0x3000, 1, F_WRITE, 0),
+        ];
+        for (i, d) in table.into_iter().enumerate() {
+            m.write_obj(RawDescriptor::from(d), GuestAddress(0x5000 + 16 * i as u64))
+                .unwrap();
+        }
+        m.write_obj(0xffu8, GuestAddress(0x3000)).unwrap();
+        m.write_obj(0xffu8, GuestAddress(0x3001)).unwrap();
+        let q = MockSplitQueue::new(&m, 16);
+        let descs = [
+            // Chain 0: the table, which the driver may not use (INDIRECT_DESC not negotiated).
+            RawDescriptor::from(SplitDescriptor::new(0x5000, 48, F_INDIRECT, 0)),
+            // Chain 1: the same read, direct, into 0x6000 with its status at 0x3001.
+            RawDescriptor::from(SplitDescriptor::new(0x1000, 16, F_NEXT, 2)),
+            RawDescriptor::from(SplitDescriptor::new(0x6000, 512, F_NEXT | F_WRITE, 3)),
+            RawDescriptor::from(SplitDescriptor::new(0x3001, 1, F_WRITE, 0)),
+        ];
+        q.add_desc_chains(&descs, 0).unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), &m));
+        let used: Vec<(u32, u32)> = (0..2)
+            .map(|i| {
+                let elem = q.used_addr().unchecked_add(4 + 8 * i);
+                (
+                    m.read_obj(elem).unwrap(),
+                    m.read_obj(elem.unchecked_add(4)).unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(used, vec![(0, 0), (1, 513)]);
+        // Nothing of the refused chain was served.
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x3000)).unwrap(), 0xff);
+        assert_eq!(m.read_obj::<u64>(GuestAddress(0x2000)).unwrap(), 0);
+        assert_eq!(
+            m.read_obj::<u8>(GuestAddress(0x3001)).unwrap(),
+            VIRTIO_BLK_S_OK
+        );
+        assert_eq!(m.read_obj::<u8>(GuestAddress(0x6000)).unwrap(), 3);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemory, Permissions};
 
-pub use super::Desc;
+pub use super::{ChainError, Desc};
 
 /// Bytes in a sector, the unit of request offsets.
 pub const SECTOR_SIZE: u64 = 512;
@@ -70,6 +70,9 @@ pub enum RequestError {
     TooLong,
     #[error("descriptor chain is broken (loops, or points outside the descriptor table)")]
     BrokenChain,
+    /// Refused before parsing (see [`super::pop_chain`]): no status descriptor can be trusted.
+    #[error(transparent)]
+    Refused(#[from] ChainError),
     #[error("descriptor chain has no status descriptor")]
     NoStatus,
     #[error("status descriptor is read-only, empty, or outside guest memory")]
@@ -98,6 +101,7 @@ impl RequestError {
             RequestError::Empty
                 | RequestError::TooLong
                 | RequestError::BrokenChain
+                | RequestError::Refused(_)
                 | RequestError::NoStatus
                 | RequestError::BadStatus
         )

@@ -13,7 +13,7 @@ use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{
     status, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX,
+    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::bus::BusDevice;
 
@@ -25,6 +25,8 @@ use crate::bus::BusDevice;
 /// without EVENT_IDX the driver is still told not to notify while a queue is served
 /// (`VRING_USED_F_NO_NOTIFY`), and its `VRING_AVAIL_F_NO_INTERRUPT` is honoured.
 const TRANSPORT_FEATURES: u64 = VIRTIO_F_VERSION_1;
+// Devices refuse chains with indirect descriptors (see `super::pop_chain`): never offered.
+const _: () = assert!(TRANSPORT_FEATURES & VIRTIO_RING_F_INDIRECT_DESC == 0);
 /// Rounds of serving a queue again for buffers the driver added while we published where to be
 /// notified next (bounded: a guest adding buffers as fast as we serve them cannot keep us here).
 const MAX_REARM_ROUNDS: usize = 8;

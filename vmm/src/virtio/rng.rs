@@ -9,6 +9,8 @@ use super::{serve_queue, Desc, VirtioDevice, TYPE_RNG};
 pub const QUEUE_SIZE: u16 = 256;
 /// Most bytes served per buffer chain, so one request cannot keep the VMM busy.
 const MAX_BYTES_PER_CHAIN: usize = 64 << 10;
+/// Most descriptors in one chain (Linux posts one buffer per request).
+const MAX_CHAIN_DESCS: usize = 64;
 
 /// The entropy device.
 #[derive(Default)]
@@ -76,7 +78,7 @@ impl VirtioDevice for Rng {
         let Some(queue) = queues.get_mut(index) else {
             return false;
         };
-        serve_queue(queue, mem, |descs| self.fill(descs, mem))
+        serve_queue(queue, mem, MAX_CHAIN_DESCS, |descs| self.fill(descs, mem))
     }
 }
 
@@ -119,5 +121,35 @@ mod tests {
         assert!(Rng.process_queue(0, std::slice::from_mut(&mut queue), &mem));
         let used_len: u32 = mem.read_obj(q.used_addr().unchecked_add(8)).unwrap();
         assert_eq!(used_len, 0);
+    }
+
+    #[test]
+    fn indirect_chains_are_returned_unfilled_and_the_next_is_served() {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let q = MockSplitQueue::new(&mem, 16);
+        // A writable buffer at 0x2000 behind an indirect table at 0x5000 (not negotiated).
+        let inner = RawDescriptor::from(SplitDescriptor::new(0x2000, 64, 2, 0));
+        mem.write_obj(inner, GuestAddress(0x5000)).unwrap();
+        q.add_desc_chains(
+            &[
+                RawDescriptor::from(SplitDescriptor::new(0x5000, 16, 4, 0)),
+                RawDescriptor::from(SplitDescriptor::new(0x3000, 64, 2, 0)),
+            ],
+            0,
+        )
+        .unwrap();
+        let mut queue: Queue = q.create_queue().unwrap();
+        assert!(Rng.process_queue(0, std::slice::from_mut(&mut queue), &mem));
+        let used = |i: u64| -> (u32, u32) {
+            let elem = q.used_addr().unchecked_add(4 + 8 * i);
+            (
+                mem.read_obj(elem).unwrap(),
+                mem.read_obj(elem.unchecked_add(4)).unwrap(),
+            )
+        };
+        assert_eq!((used(0), used(1)), ((0, 0), (1, 64)));
+        let mut buf = [0u8; 64];
+        mem.read_slice(&mut buf, GuestAddress(0x2000)).unwrap();
+        assert_eq!(buf, [0u8; 64]);
     }
 }

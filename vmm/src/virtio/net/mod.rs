@@ -23,7 +23,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use self::header::{check_tx, NetHeader, TxOffloads, MIN_FRAME, NET_HDR_LEN};
 use self::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
-use super::{read_config_bytes, Desc, VirtioDevice, TYPE_NET};
+use super::{pop_chain, read_config_bytes, Desc, VirtioDevice, TYPE_NET};
 use crate::config::MacAddr;
 
 /// Queue sizes (receive, transmit).
@@ -173,10 +173,9 @@ impl Net {
     fn process_tx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used_any = false;
         let offloads = self.tx_offloads();
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let descs: Vec<Desc> = chain.take(MAX_CHAIN_DESCS + 1).map(Desc::from).collect();
-            if self.send_frame(&descs, mem, offloads).is_ok() {
+        while let Some((head, descs)) = pop_chain(queue, mem, MAX_CHAIN_DESCS) {
+            let sent = descs.is_ok_and(|descs| self.send_frame(&descs, mem, offloads).is_ok());
+            if sent {
                 self.stats.tx_frames += 1;
             } else {
                 self.stats.tx_dropped += 1;
@@ -283,11 +282,11 @@ impl Net {
             }
             let (head, descs) = match self.rx_held.pop_front() {
                 Some(held) => held,
-                None => match queue.pop_descriptor_chain(mem) {
-                    Some(chain) => (
-                        chain.head_index(),
-                        chain.take(MAX_CHAIN_DESCS + 1).map(Desc::from).collect(),
-                    ),
+                None => match pop_chain(queue, mem, MAX_CHAIN_DESCS) {
+                    Some((head, Ok(descs))) => (head, descs),
+                    // A refused chain holds nothing: like any chain we cannot fill, it goes back
+                    // empty and the frame is dropped.
+                    Some((head, Err(_))) => (head, Vec::new()),
                     None => {
                         for (head, descs, _) in taken.into_iter().rev() {
                             self.rx_held.push_front((head, descs));
@@ -699,6 +698,33 @@ mod tests {
         // Still serving.
         f.transmit(NetHeader::default(), &data);
         assert_eq!(f_recv(&f)[12..], data[..]);
+    }
+
+    #[test]
+    fn an_indirect_transmit_chain_is_dropped_and_the_next_frame_is_sent() {
+        let m = mem();
+        let mut f = Fixture::new(&m, 0);
+        let data = frame(1500, 4);
+        // Header and frame behind a two-entry indirect table (INDIRECT_DESC is not offered).
+        let (addr, table) = (0x1800000u64, 0x1900000u64);
+        m.write_slice(&NetHeader::default().to_bytes(), GuestAddress(addr))
+            .unwrap();
+        m.write_slice(&data, GuestAddress(addr + 0x1000)).unwrap();
+        let inner = [
+            RawDescriptor::from(SplitDescriptor::new(addr, 12, 1, 1)),
+            RawDescriptor::from(SplitDescriptor::new(addr + 0x1000, 1500, 0, 0)),
+        ];
+        for (i, d) in inner.into_iter().enumerate() {
+            m.write_obj(d, GuestAddress(table + 16 * i as u64)).unwrap();
+        }
+        let d = RawDescriptor::from(SplitDescriptor::new(table, 32, 4, 0));
+        f.txq.add_desc_chains(&[d], 200).unwrap();
+        f.net.process_queue(TX, &mut f.queues, f.mem);
+        assert!(recv(&f.peer).is_none());
+        assert_eq!((f.net.stats.tx_frames, f.net.stats.tx_dropped), (0, 1));
+        f.transmit(NetHeader::default(), &data);
+        assert_eq!(f_recv(&f)[12..], data[..]);
+        assert_eq!((f.net.stats.tx_frames, f.net.stats.tx_dropped), (1, 1));
     }
 
     fn f_recv(f: &Fixture) -> Vec<u8> {

@@ -25,7 +25,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use self::connection::{ConnectLine, Connection, State};
 use self::packet::{op, Header, HDR_LEN, HOST_CID, TYPE_STREAM};
-use super::{read_config_bytes, Desc, VirtioDevice, TYPE_VSOCK};
+use super::{pop_chain, read_config_bytes, VirtioDevice, TYPE_VSOCK};
 
 /// Size of each of the three queues (receive, transmit, event).
 pub const QUEUE_SIZE: u16 = 256;
@@ -39,6 +39,13 @@ const FIRST_LOCAL_PORT: u32 = 1 << 30;
 const LISTENER: u64 = 0;
 /// Rounds of the device's epoll drained per call from the VMM loop.
 const MAX_EVENT_ROUNDS: usize = 16;
+/// Most descriptors in one chain (Linux uses one or two, a few more for a fragmented packet).
+const MAX_CHAIN_DESCS: usize = 64;
+/// Most resets waiting for the guest's receive buffers. Each answers a guest packet, so a guest
+/// that sends without ever posting a receive buffer would otherwise grow the queue without end;
+/// beyond this bound resets are dropped and counted (a reset is advisory: the guest's connect
+/// or send to nowhere then waits for its own timeout).
+pub const MAX_PENDING_RESETS: usize = 2 * QUEUE_SIZE as usize;
 
 /// Errors setting the device up.
 #[derive(Debug, thiserror::Error)]
@@ -65,6 +72,8 @@ pub struct VsockStats {
     pub bad_connect_lines: u64,
     /// Connections refused because the table was full.
     pub refused_full: u64,
+    /// Resets not sent because [`MAX_PENDING_RESETS`] were already waiting for the guest.
+    pub dropped_resets: u64,
 }
 
 /// The vsock device.
@@ -155,6 +164,15 @@ impl Vsock {
             if self.keys.get(&(conn.local_port, conn.peer_port)) == Some(&token) {
                 self.keys.remove(&(conn.local_port, conn.peer_port));
             }
+        }
+    }
+
+    /// Queues a reset for the guest, unless [`MAX_PENDING_RESETS`] are already waiting.
+    fn queue_reset(&mut self, h: &Header) {
+        if self.rx_resets.len() < MAX_PENDING_RESETS {
+            self.rx_resets.push_back(h.reply(op::RST));
+        } else {
+            self.stats.dropped_resets += 1;
         }
     }
 
@@ -282,12 +300,13 @@ impl Vsock {
     fn process_tx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
         let mut used_any = false;
         let mut payload = std::mem::take(&mut self.scratch);
-        while let Some(chain) = queue.pop_descriptor_chain(mem) {
-            let head = chain.head_index();
-            let descs: Vec<Desc> = chain.map(Desc::from).collect();
-            match packet::read_tx(&descs, mem, &mut payload) {
-                Ok(h) => self.handle_guest_packet(&h, &payload),
-                Err(_) => self.stats.bad_packets += 1,
+        while let Some((head, descs)) = pop_chain(queue, mem, MAX_CHAIN_DESCS) {
+            let packet = descs
+                .ok()
+                .and_then(|descs| packet::read_tx(&descs, mem, &mut payload).ok());
+            match packet {
+                Some(h) => self.handle_guest_packet(&h, &payload),
+                None => self.stats.bad_packets += 1,
             }
             if queue.add_used(mem, head, 0).is_err() {
                 break;
@@ -306,7 +325,7 @@ impl Vsock {
         }
         if h.dst_cid != HOST_CID || h.kind != TYPE_STREAM {
             if h.op != op::RST {
-                self.rx_resets.push_back(h.reply(op::RST));
+                self.queue_reset(h);
             }
             return;
         }
@@ -315,7 +334,7 @@ impl Vsock {
             match h.op {
                 op::REQUEST => self.connect_to_host(h),
                 op::RST => {}
-                _ => self.rx_resets.push_back(h.reply(op::RST)),
+                _ => self.queue_reset(h),
             }
             return;
         };
@@ -334,7 +353,7 @@ impl Vsock {
     fn connect_to_host(&mut self, h: &Header) {
         if self.conns.len() >= MAX_CONNECTIONS {
             self.stats.refused_full += 1;
-            self.rx_resets.push_back(h.reply(op::RST));
+            self.queue_reset(h);
             return;
         }
         let mut path = self.uds.clone().into_os_string();
@@ -344,10 +363,10 @@ impl Vsock {
                 let conn = Connection::from_guest(stream, h);
                 match self.add_connection(conn) {
                     Some(token) => self.schedule(token),
-                    None => self.rx_resets.push_back(h.reply(op::RST)),
+                    None => self.queue_reset(h),
                 }
             }
-            Err(_) => self.rx_resets.push_back(h.reply(op::RST)),
+            Err(_) => self.queue_reset(h),
         }
     }
 
@@ -356,14 +375,19 @@ impl Vsock {
         let mut used_any = false;
         let mut buf = std::mem::take(&mut self.scratch);
         while !self.rx_resets.is_empty() || !self.rx_ready.is_empty() {
-            let Some(chain) = queue.pop_descriptor_chain(mem) else {
+            let Some((head, descs)) = pop_chain(queue, mem, MAX_CHAIN_DESCS) else {
                 break; // resumes when the driver adds buffers
             };
-            let head = chain.head_index();
-            let descs: Vec<Desc> = chain.map(Desc::from).collect();
-            let capacity = match packet::rx_capacity(&descs) {
-                Ok(c) if c > HDR_LEN => c,
-                _ => {
+            // A refused chain, or one that cannot hold a packet, goes back empty.
+            let usable = descs
+                .ok()
+                .and_then(|descs| match packet::rx_capacity(&descs) {
+                    Ok(c) if c > HDR_LEN => Some((descs, c)),
+                    _ => None,
+                });
+            let (descs, capacity) = match usable {
+                Some(usable) => usable,
+                None => {
                     self.stats.bad_packets += 1;
                     if queue.add_used(mem, head, 0).is_err() {
                         break;
@@ -617,6 +641,22 @@ mod tests {
             out
         }
 
+        /// Makes the transmit chain at descriptor `head` available `times` more times, serving
+        /// the queue after each (a guest resubmitting one buffer over and over).
+        fn resubmit(&mut self, dev: &mut Vsock, head: u16, times: usize) {
+            let avail = self.txq.avail_addr();
+            for _ in 0..times {
+                let idx: u16 = self.mem.read_obj(avail.unchecked_add(2)).unwrap();
+                self.mem
+                    .write_obj(head, avail.unchecked_add(4 + u64::from(idx % 256) * 2))
+                    .unwrap();
+                self.mem
+                    .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
+                    .unwrap();
+                dev.process_queue(TX, &mut self.queues, self.mem);
+            }
+        }
+
         fn host_events(&mut self, dev: &mut Vsock) {
             dev.process_host_events(&mut self.queues, self.mem, true);
         }
@@ -867,5 +907,78 @@ mod tests {
         let req_port = FIRST_LOCAL_PORT;
         g.send(&mut dev, guest_header(1, req_port, op::RST, 0), b"");
         assert_eq!(host.read(&mut buf).unwrap(), 0);
+    }
+
+    #[test]
+    fn resets_owed_to_a_guest_that_posts_no_receive_buffers_are_bounded_and_counted() {
+        let dir = TempDir::new("resets");
+        let mut dev = Vsock::new(3, &dir.0.join("v.sock")).unwrap();
+        let m = mem();
+        let mut g = Driver::new(&m);
+        // One packet for a connection that does not exist, sent again and again; the guest never
+        // posts a receive buffer for the resets it is owed.
+        let pkt = 0x400000;
+        m.write_slice(&guest_header(5, 9, op::RW, 0).to_bytes(), GuestAddress(pkt))
+            .unwrap();
+        let d = RawDescriptor::from(SplitDescriptor::new(pkt, HDR_LEN as u32, 0, 0));
+        g.txq.desc_table().store(0, d).unwrap();
+        let sent = 8 * MAX_PENDING_RESETS;
+        g.resubmit(&mut dev, 0, sent);
+        assert_eq!(dev.rx_resets.len(), MAX_PENDING_RESETS);
+        assert_eq!(dev.stats.dropped_resets, (sent - MAX_PENDING_RESETS) as u64);
+        // So are resets for connects nobody listens for.
+        m.write_slice(
+            &guest_header(6, 9, op::REQUEST, 0).to_bytes(),
+            GuestAddress(pkt),
+        )
+        .unwrap();
+        g.resubmit(&mut dev, 0, 10);
+        assert_eq!(dev.rx_resets.len(), MAX_PENDING_RESETS);
+        assert_eq!(
+            dev.stats.dropped_resets,
+            (sent + 10 - MAX_PENDING_RESETS) as u64
+        );
+        // The resets kept reach the guest once it posts buffers.
+        g.post_rx(256);
+        dev.process_queue(RX, &mut g.queues, &m);
+        let pkts = g.recv();
+        assert_eq!(pkts.len(), 256);
+        assert!(pkts
+            .iter()
+            .all(|(h, _)| (h.op, h.dst_port, h.src_port) == (op::RST, 5, 9)));
+        assert_eq!(dev.rx_resets.len(), MAX_PENDING_RESETS - 256);
+    }
+
+    #[test]
+    fn an_indirect_transmit_chain_is_refused_and_the_next_packet_is_served() {
+        let dir = TempDir::new("indirect");
+        let mut dev = Vsock::new(3, &dir.0.join("v.sock")).unwrap();
+        let listener = UnixListener::bind(dir.0.join("v.sock_6000")).unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let m = mem();
+        let mut g = Driver::new(&m);
+        g.post_rx(16);
+        // A valid connect to the listening port, behind a one-entry indirect table.
+        let (pkt, table) = (0x700000, 0x710000);
+        m.write_slice(
+            &guest_header(1, 6000, op::REQUEST, 0).to_bytes(),
+            GuestAddress(pkt),
+        )
+        .unwrap();
+        let inner = RawDescriptor::from(SplitDescriptor::new(pkt, HDR_LEN as u32, 0, 0));
+        m.write_obj(inner, GuestAddress(table)).unwrap();
+        const INDIRECT: u16 = 4; // VRING_DESC_F_INDIRECT
+        let d = RawDescriptor::from(SplitDescriptor::new(table, 16, INDIRECT, 0));
+        g.txq.add_desc_chains(&[d], 0).unwrap();
+        g.tx_sent += 1;
+        dev.process_queue(TX, &mut g.queues, &m);
+        assert_eq!(dev.stats.bad_packets, 1);
+        assert_eq!(dev.connection_count(), 0);
+        assert!(g.recv().is_empty());
+        assert!(listener.accept().is_err(), "nobody connected");
+        // The same connect, direct, is served.
+        g.send(&mut dev, guest_header(1, 6000, op::REQUEST, 0), b"");
+        assert_eq!(g.recv()[0].0.op, op::RESPONSE);
+        assert_eq!(dev.connection_count(), 1);
     }
 }
