@@ -13,7 +13,8 @@
 //! [executor]
 //! kernel = "/var/lib/skiff/vmlinux"
 //! initramfs = "/var/lib/skiff/initramfs.cpio"
-//! jailer = "/usr/local/bin/skiff-jailer" # tasks run jailed when set
+//! jailer = "/usr/local/bin/skiff-jailer" # default: beside skiffd; vmm must be the static build
+//! # jailed = false                       # development only: VMMs run unjailed, as root
 //! uid_base = 100000                      # jail uids: uid_base .. uid_base + uid_count
 //! uid_count = 10000
 //!
@@ -73,7 +74,10 @@ pub struct ExecutorConfig {
     pub monitor: Option<PathBuf>,
     pub kernel: Option<PathBuf>,
     pub initramfs: Option<PathBuf>,
+    /// `skiff-jailer` (default: beside skiffd).
     pub jailer: Option<PathBuf>,
+    /// Tasks run jailed unless this is false (development only: the VMM then runs as root).
+    pub jailed: Option<bool>,
     pub chroot_base: Option<PathBuf>,
     pub uid_base: Option<u32>,
     pub uid_count: Option<u32>,

@@ -67,7 +67,11 @@ fn lock_data_dir(dir: &Path) -> anyhow::Result<std::fs::File> {
 
 fn executor_settings(config: &Config, data: &Path) -> LocalSettings {
     let e = &config.executor;
-    let jail = e.jailer.clone().map(|jailer| JailerSettings {
+    let jailer = e
+        .jailer
+        .clone()
+        .unwrap_or_else(|| beside_me("skiff-jailer"));
+    let jail = (e.jailed != Some(false)).then(|| JailerSettings {
         jailer,
         chroot_base: e.chroot_base.clone().unwrap_or_else(|| data.join("jails")),
         vmm_overhead_mib: e.vmm_overhead_mib.unwrap_or(32),
@@ -190,6 +194,9 @@ fn main() -> anyhow::Result<()> {
     let service = Service::new(Box::new(store), executor, settings.clone());
     let adopted = reconcile(&service)?;
     spawn_janitor(service.clone());
+    if config.executor.jailed == Some(false) {
+        eprintln!("skiffd: warning: executor.jailed = false: task VMMs run unjailed, as root");
+    }
     eprintln!(
         "skiffd: data {}, capacity {} CPU units / {} MiB, {} unfinished task(s) picked up",
         data.display(),

@@ -203,6 +203,8 @@ pub struct TaskNetwork {
 /// network settings (values the host checked, so none can add a parameter of its own).
 fn kernel_cmdline(task: &TaskConfig) -> Result<String, RunError> {
     let mut cmdline = String::from("console=ttyS0 reboot=k panic=-1 quiet skiff.control");
+    // The hostname is the container's: it travels in RunContainer only (one channel per
+    // setting); checked here all the same, before anything is made.
     if !task.hostname.is_empty() {
         if let Some(reason) = skiff_protocol::names::hostname_problem(&task.hostname) {
             return Err(RunError::Hostname {
@@ -210,7 +212,6 @@ fn kernel_cmdline(task: &TaskConfig) -> Result<String, RunError> {
                 reason,
             });
         }
-        cmdline.push_str(&format!(" skiff.hostname={}", task.hostname));
     }
     if let Some(net) = &task.network {
         cmdline.push_str(&format!(" skiff.ip={}/{}", net.address, net.prefix_len));
@@ -814,7 +815,7 @@ mod tests {
         });
         assert_eq!(
             kernel_cmdline(&t).unwrap(),
-            "console=ttyS0 reboot=k panic=-1 quiet skiff.control skiff.hostname=t1 \
+            "console=ttyS0 reboot=k panic=-1 quiet skiff.control \
              skiff.ip=172.16.0.2/30 skiff.gw=172.16.0.1 skiff.dns=172.16.0.1"
         );
         t.hostname = "x skiff.panic".into();

@@ -30,7 +30,6 @@ const SETUP_FAILED: i32 = 125;
 const NOT_EXECUTABLE: i32 = 126;
 /// Exit code of a task whose program was not found.
 const NOT_FOUND: i32 = 127;
-const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
 /// Why a container did not start: the reason and the exit code reported for it.
 struct StartFailure {
@@ -169,11 +168,9 @@ fn prepare(
             (k.to_owned(), v.to_owned())
         })
         .collect();
-    for (key, value) in [
-        ("PATH", DEFAULT_PATH.to_owned()),
-        ("HOSTNAME", hostname),
-        ("HOME", credentials.home.clone()),
-    ] {
+    // The environment is the host's Docker merge of the image's and the task's (PATH included);
+    // only what the guest alone knows is added.
+    for (key, value) in [("HOSTNAME", hostname), ("HOME", credentials.home.clone())] {
         if !env.iter().any(|(k, _)| k == key) {
             env.push((key.to_owned(), value));
         }
