@@ -61,6 +61,11 @@ fn emulation_failure(result: &Result<NestedRun, NestedError>) -> Option<String> 
     if let Some(sign) = EMULATION_CRASHES.iter().find(|s| console.contains(*s)) {
         return Some(format!("{sign:?} on the console"));
     }
+    // The host's init always prints the status before it powers off: a host that stopped
+    // without it reset on its own (a triple fault of the emulated host, which prints nothing).
+    if matches!(result, Err(NestedError::NoStatus { .. })) {
+        return Some("it reset without reporting the script's status".to_owned());
+    }
     let alive_at_the_end = console
         .lines()
         .rev()
@@ -404,5 +409,14 @@ mod tests {
         );
         let oops = "BUG: kernel NULL pointer dereference, address: 0\n";
         assert!(emulation_failure(&timeout(oops)).is_some());
+        let reset = Err(NestedError::NoStatus {
+            code: Some(0),
+            console: "control: step exec=sleep 1: ok\n".into(),
+            stderr: String::new(),
+        });
+        assert!(
+            emulation_failure(&reset).is_some(),
+            "a silent reset of the host"
+        );
     }
 }
