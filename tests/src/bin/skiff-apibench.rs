@@ -36,6 +36,11 @@ enum Command {
         clients: usize,
         #[arg(long)]
         tasks: usize,
+        /// Task CPU units and MiB.
+        #[arg(long, default_value_t = 1024)]
+        cpu: u32,
+        #[arg(long, default_value_t = 2048)]
+        memory: u32,
         image: String,
         #[arg(last = true)]
         command: Vec<String>,
@@ -85,14 +90,17 @@ async fn one_task(client: &Client, definition: &str) -> anyhow::Result<(i64, i64
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one per flag of the command
 async fn launch(
     client: Client,
     clients: usize,
     tasks: usize,
+    cpu: u32,
+    memory: u32,
     image: String,
     command: Vec<String>,
 ) -> anyhow::Result<()> {
-    let def = json!({"family": "apibench", "cpu": 256, "memory": 512,
+    let def = json!({"family": "apibench", "cpu": cpu, "memory": memory,
         "containerDefinitions": [{"name": "main", "image": image, "command": command}]});
     let def: Value = client
         .json(Method::POST, "/v1/task-definitions", Some(&def))
@@ -178,9 +186,11 @@ fn main() -> anyhow::Result<()> {
             Command::Launch {
                 clients,
                 tasks,
+                cpu,
+                memory,
                 image,
                 command,
-            } => launch(client, clients, tasks, image, command).await,
+            } => launch(client, clients, tasks, cpu, memory, image, command).await,
             Command::Describe {
                 clients,
                 requests,
