@@ -132,6 +132,31 @@ pub struct Service<E: Executor> {
     pub(crate) changes: tokio::sync::broadcast::Sender<String>,
 }
 
+/// A page (of 1-100) asked of the store with one item more: the extra one says there is more.
+fn one_more(page: Page) -> (Page, usize) {
+    let limit = page.limit.clamp(1, 100);
+    let ask = Page {
+        after: page.after,
+        limit: limit + 1,
+    };
+    (ask, limit)
+}
+
+/// The page of `items` (asked with [`one_more`]) and the key to continue after, if any.
+fn paged<T>(
+    mut items: Vec<T>,
+    limit: usize,
+    key: impl Fn(&T) -> String,
+) -> (Vec<T>, Option<String>) {
+    let next = (items.len() > limit)
+        .then(|| {
+            items.truncate(limit);
+            items.last().map(&key)
+        })
+        .flatten();
+    (items, next)
+}
+
 /// `family` or `family:revision`.
 fn parse_definition_ref(text: &str) -> Result<(&str, Option<u32>), Invalid> {
     let (family, revision) = match text.rsplit_once(':') {
@@ -203,21 +228,11 @@ impl<E: Executor> Service<E> {
         if let Some(f) = family {
             validate::check_name("family", f)?;
         }
-        let limit = page.limit.clamp(1, 100);
-        let mut items = self.store.list_task_definitions(
-            &tenant.name,
-            family,
-            active_only,
-            &Page {
-                after: page.after,
-                limit: limit + 1,
-            },
-        )?;
-        let next = (items.len() > limit).then(|| {
-            items.truncate(limit);
-            items.last().map(TaskDefinition::key)
-        });
-        Ok((items, next.flatten()))
+        let (ask, limit) = one_more(page);
+        let items = self
+            .store
+            .list_task_definitions(&tenant.name, family, active_only, &ask)?;
+        Ok(paged(items, limit, TaskDefinition::key))
     }
 
     pub fn deregister_task_definition(
@@ -338,20 +353,9 @@ impl<E: Executor> Service<E> {
         if let Some(f) = &filter.family {
             validate::check_name("family", f)?;
         }
-        let limit = page.limit.clamp(1, 100);
-        let mut items = self.store.list_tasks(
-            &tenant.name,
-            filter,
-            &Page {
-                after: page.after,
-                limit: limit + 1,
-            },
-        )?;
-        let next = (items.len() > limit).then(|| {
-            items.truncate(limit);
-            items.last().map(|t| t.task_id.clone())
-        });
-        Ok((items, next.flatten()))
+        let (ask, limit) = one_more(page);
+        let items = self.store.list_tasks(&tenant.name, filter, &ask)?;
+        Ok(paged(items, limit, |t| t.task_id.clone()))
     }
 
     pub fn events(&self, tenant: &Tenant, id: &str) -> Result<Vec<TaskEvent>, ServiceError> {

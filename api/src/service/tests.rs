@@ -509,3 +509,63 @@ fn registry_credentials_are_the_tenants_and_their_images_private() {
         Err(ServiceError::Conflict(_))
     ));
 }
+
+#[test]
+fn listings_page_with_a_next_token() {
+    let svc = service(Fake::default());
+    let a = Tenant::unlimited("a");
+    for _ in 0..3 {
+        register(&svc, &a, "busybox:latest");
+    }
+    let (first, next) = svc
+        .list_task_definitions(
+            &a,
+            None,
+            true,
+            Page {
+                after: None,
+                limit: 2,
+            },
+        )
+        .unwrap();
+    assert_eq!(first.iter().map(|d| d.revision).collect::<Vec<_>>(), [1, 2]);
+    assert_eq!(next.as_deref(), Some("echo:2"));
+    let (rest, next) = svc
+        .list_task_definitions(
+            &a,
+            None,
+            true,
+            Page {
+                after: next,
+                limit: 2,
+            },
+        )
+        .unwrap();
+    assert_eq!(rest.iter().map(|d| d.revision).collect::<Vec<_>>(), [3]);
+    assert_eq!(next, None, "no token after the last page");
+    for _ in 0..3 {
+        run(&svc, &a).unwrap();
+    }
+    let (tasks, next) = svc
+        .list_tasks(
+            &a,
+            &TaskFilter::default(),
+            Page {
+                after: None,
+                limit: 2,
+            },
+        )
+        .unwrap();
+    let (more, last) = svc
+        .list_tasks(
+            &a,
+            &TaskFilter::default(),
+            Page {
+                after: next,
+                limit: 2,
+            },
+        )
+        .unwrap();
+    assert_eq!((tasks.len(), more.len(), last), (2, 1, None));
+    assert!(!tasks.iter().any(|t| t.task_id == more[0].task_id));
+}
