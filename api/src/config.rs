@@ -20,8 +20,16 @@
 //!
 //! [[tenants]]
 //! name = "alice"
-//! token_sha256 = "9f86d0…"                # sha256 of the bearer token, hex
+//! token_sha256 = "9f86d0…"                # sha256 of the bearer token, hex (for /v1)
 //! max_tasks = 20
+//! account_id = "111122223333"            # in the tenant's ECS ARNs (default: from its name)
+//! [[tenants.access_keys]]                # AWS access keys for the ECS front end
+//! id = "AKIAALICE0000000001"
+//! secret = "…"
+//!
+//! [ecs]                                  # the ECS JSON 1.1 front end (needs access keys)
+//! region = "us-east-1"                   # requests must be signed for it
+//! listen = "127.0.0.1:7071"              # its own listener; else `POST /` on `listen`
 //!
 //! [registries."127.0.0.1:5000"]
 //! plain_http = true
@@ -39,6 +47,7 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use sha2::Digest as _;
 
+use crate::http::ecs::{AccessKey, Keys};
 use crate::service::Tenant;
 
 /// Errors reading the configuration.
@@ -90,12 +99,44 @@ pub struct ExecutorConfig {
 #[serde(deny_unknown_fields)]
 pub struct TenantConfig {
     pub name: String,
-    /// sha256 of the bearer token, hex.
-    pub token_sha256: String,
+    /// sha256 of the `/v1` bearer token, hex.
+    pub token_sha256: Option<String>,
     pub max_cpu: Option<u64>,
     pub max_memory_mib: Option<u64>,
     pub max_tasks: Option<u64>,
+    /// The account id in the tenant's ECS ARNs (12 digits).
+    pub account_id: Option<String>,
+    /// AWS access keys (ECS front end).
+    #[serde(default)]
+    pub access_keys: Vec<AccessKeyConfig>,
 }
+
+/// An AWS access key of a tenant.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessKeyConfig {
+    pub id: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for AccessKeyConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AccessKeyConfig({}, <redacted>)", self.id)
+    }
+}
+
+/// The ECS front end.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EcsConfig {
+    /// The region requests are signed for (default `us-east-1`).
+    pub region: Option<String>,
+    /// A listener of its own (else ECS answers `POST /` on `listen`).
+    pub listen: Option<std::net::SocketAddr>,
+}
+
+/// The region of the ECS front end when none is configured.
+pub const DEFAULT_REGION: &str = "us-east-1";
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -142,6 +183,8 @@ pub struct Config {
     pub registries: HashMap<String, RegistryConfig>,
     #[serde(default)]
     pub credentials: HashMap<String, CredentialConfig>,
+    #[serde(default)]
+    pub ecs: EcsConfig,
 }
 
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/skiff";
@@ -176,8 +219,13 @@ impl Config {
     pub fn check(&self) -> Result<(), ConfigError> {
         let mut names = std::collections::HashSet::new();
         let mut tokens = std::collections::HashSet::new();
+        let mut key_ids = std::collections::HashSet::new();
         for t in &self.tenants {
-            if !tokens.insert(t.token_sha256.to_ascii_lowercase()) {
+            check_access(t, &mut key_ids)?;
+            let Some(token) = &t.token_sha256 else {
+                continue;
+            };
+            if !tokens.insert(token.to_ascii_lowercase()) {
                 return Err(ConfigError::Invalid(format!(
                     "tenant {}: its token is another tenant's too",
                     t.name
@@ -191,8 +239,7 @@ impl Config {
                     t.name
                 )));
             }
-            let hex =
-                t.token_sha256.len() == 64 && t.token_sha256.chars().all(|c| c.is_ascii_hexdigit());
+            let hex = token.len() == 64 && token.chars().all(|c| c.is_ascii_hexdigit());
             if !hex {
                 return Err(ConfigError::Invalid(format!(
                     "tenant {}: token_sha256 must be 64 hex digits (sha256sum of the token)",
@@ -204,6 +251,22 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "a TCP listener needs tenants with tokens (without tenants skiffd serves its Unix socket only)".into(),
             ));
+        }
+        if self.ecs.listen.is_some() && key_ids.is_empty() {
+            return Err(ConfigError::Invalid(
+                "ecs.listen needs tenants with access_keys".into(),
+            ));
+        }
+        if let Some(region) = &self.ecs.region {
+            let valid = (1..=32).contains(&region.len())
+                && region
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+            if !valid {
+                return Err(ConfigError::Invalid(format!(
+                    "ecs.region {region:?}: lowercase letters, digits and '-' (like us-east-1)"
+                )));
+            }
         }
         if self.executor.uid_base.is_some_and(|b| b == 0) {
             return Err(ConfigError::Invalid(
@@ -223,23 +286,98 @@ impl Config {
         self.socket.clone().unwrap_or_else(|| DEFAULT_SOCKET.into())
     }
 
-    /// The tenants, and the token hash → tenant map.
+    /// The token hash → tenant map (tenants with a `/v1` token).
     pub fn tenants(&self) -> HashMap<String, Tenant> {
         self.tenants
             .iter()
-            .map(|t| {
-                (
-                    t.token_sha256.to_ascii_lowercase(),
-                    Tenant {
-                        name: t.name.clone(),
-                        max_cpu: t.max_cpu,
-                        max_memory: t.max_memory_mib,
-                        max_tasks: t.max_tasks,
-                    },
-                )
-            })
+            .filter_map(|t| Some((t.token_sha256.as_ref()?.to_ascii_lowercase(), t.tenant())))
             .collect()
     }
+
+    /// The ECS front end's access keys and region.
+    pub fn ecs_keys(&self) -> Keys {
+        let mut keys = HashMap::new();
+        for t in &self.tenants {
+            let account = t
+                .account_id
+                .clone()
+                .unwrap_or_else(|| default_account_id(&t.name));
+            for k in &t.access_keys {
+                keys.insert(
+                    k.id.clone(),
+                    AccessKey {
+                        secret: k.secret.clone(),
+                        tenant: t.tenant(),
+                        account: account.clone(),
+                    },
+                );
+            }
+        }
+        Keys {
+            region: self
+                .ecs
+                .region
+                .clone()
+                .unwrap_or_else(|| DEFAULT_REGION.to_owned()),
+            keys,
+        }
+    }
+}
+
+impl TenantConfig {
+    fn tenant(&self) -> Tenant {
+        Tenant {
+            name: self.name.clone(),
+            max_cpu: self.max_cpu,
+            max_memory: self.max_memory_mib,
+            max_tasks: self.max_tasks,
+        }
+    }
+}
+
+/// A tenant's account id when none is configured: 12 digits from the sha256 of its name.
+pub fn default_account_id(tenant: &str) -> String {
+    sha2::Sha256::digest(tenant.as_bytes())
+        .iter()
+        .take(12)
+        .map(|b| char::from(b'0' + b % 10))
+        .collect()
+}
+
+/// A tenant's way in (a token or access keys) and its keys' shape; key ids unique.
+fn check_access(
+    t: &TenantConfig,
+    key_ids: &mut std::collections::HashSet<String>,
+) -> Result<(), ConfigError> {
+    let invalid = |m: String| Err(ConfigError::Invalid(format!("tenant {}: {m}", t.name)));
+    if t.token_sha256.is_none() && t.access_keys.is_empty() {
+        return invalid("needs token_sha256 or access_keys".into());
+    }
+    if let Some(a) = &t.account_id {
+        if a.len() != 12 || !a.chars().all(|c| c.is_ascii_digit()) {
+            return invalid(format!("account_id {a:?} must be 12 digits"));
+        }
+    }
+    for k in &t.access_keys {
+        let id_ok =
+            (16..=128).contains(&k.id.len()) && k.id.chars().all(|c| c.is_ascii_alphanumeric());
+        if !id_ok {
+            return invalid(format!(
+                "access key id {:?} must be 16-128 letters and digits",
+                k.id
+            ));
+        }
+        if k.secret.len() < 16 || k.secret.chars().any(|c| c.is_control()) {
+            return invalid(format!(
+                "the secret of access key {} must be at least 16 printable characters",
+                k.id
+            ));
+        }
+        if !key_ids.insert(k.id.clone()) {
+            return invalid(format!("access key id {} appears twice", k.id));
+        }
+    }
+    Ok(())
 }
 
 /// The host's CPUs and memory (MiB).
@@ -310,5 +448,65 @@ mod tests {
         assert!(c.check().unwrap_err().to_string().contains("64 hex"));
         let (cpu, memory) = default_capacity();
         assert!(cpu >= 1024 && memory > 0);
+    }
+}
+
+#[cfg(test)]
+mod ecs_tests {
+    use super::*;
+
+    #[test]
+    fn access_keys_make_ecs_keys_with_accounts() {
+        let text = r#"
+            [ecs]
+            region = "eu-west-1"
+            listen = "127.0.0.1:7071"
+            [[tenants]]
+            name = "alice"
+            account_id = "111122223333"
+            [[tenants.access_keys]]
+            id = "AKIAALICE0000000001"
+            secret = "0123456789abcdef/+x"
+            [[tenants]]
+            name = "bob"
+            token_sha256 = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+            [[tenants.access_keys]]
+            id = "AKIABOB00000000001"
+            secret = "fedcba9876543210"
+        "#;
+        let config: Config = toml::from_str(text).unwrap();
+        config.check().unwrap();
+        let keys = config.ecs_keys();
+        assert_eq!(keys.region, "eu-west-1");
+        assert_eq!(keys.keys["AKIAALICE0000000001"].account, "111122223333");
+        let bob = &keys.keys["AKIABOB00000000001"];
+        assert_eq!(bob.tenant.name, "bob");
+        assert_eq!(bob.account, default_account_id("bob"));
+        assert_eq!(bob.account.len(), 12);
+        assert_ne!(default_account_id("bob"), default_account_id("alice"));
+        assert_eq!(config.tenants().len(), 1, "only bob has a /v1 token");
+        assert!(
+            !format!("{config:?}").contains("fedcba9876543210"),
+            "secrets stay out of logs"
+        );
+    }
+
+    #[test]
+    fn bad_keys_and_regions_are_named() {
+        for (text, needle) in [
+            ("[[tenants]]\nname = \"a\"", "token_sha256 or access_keys"),
+            ("[[tenants]]\nname = \"a\"\naccount_id = \"12\"\n[[tenants.access_keys]]\nid = \"AKIAALICE0000000001\"\nsecret = \"0123456789abcdef\"", "12 digits"),
+            ("[[tenants]]\nname = \"a\"\n[[tenants.access_keys]]\nid = \"short\"\nsecret = \"0123456789abcdef\"", "16-128"),
+            ("[[tenants]]\nname = \"a\"\n[[tenants.access_keys]]\nid = \"AKIAALICE0000000001\"\nsecret = \"x\"", "at least 16"),
+            ("[ecs]\nlisten = \"127.0.0.1:1\"", "access_keys"),
+            ("[ecs]\nregion = \"US East\"", "ecs.region"),
+        ] {
+            let c: Config = toml::from_str(text).unwrap();
+            let e = c.check().unwrap_err().to_string();
+            assert!(e.contains(needle), "{text}: {e}");
+        }
+        let twice = "[[tenants]]\nname = \"a\"\n[[tenants.access_keys]]\nid = \"AKIAALICE0000000001\"\nsecret = \"0123456789abcdef\"\n[[tenants]]\nname = \"b\"\n[[tenants.access_keys]]\nid = \"AKIAALICE0000000001\"\nsecret = \"0123456789abcdef\"";
+        let c: Config = toml::from_str(twice).unwrap();
+        assert!(c.check().unwrap_err().to_string().contains("twice"));
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 use api::config::{default_capacity, Config};
 use api::executor::local::{JailerSettings, LocalExecutor, LocalSettings, RegistrySettings};
-use api::http::{router, App, Auth};
+use api::http::{ecs_router, router, App, Auth};
 use api::service::lifecycle::{reconcile, spawn_janitor};
 use api::service::{CredentialRule, Service, ServiceSettings};
 use api::state::sqlite::SqliteStore;
@@ -208,7 +208,9 @@ fn main() -> anyhow::Result<()> {
         service: Arc::clone(&service),
         auth: Auth {
             tenants: config.tenants(),
+            open: config.tenants.is_empty(),
         },
+        ecs: api::http::ecs::keys(config.ecs_keys()),
     };
 
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -233,18 +235,41 @@ fn main() -> anyhow::Result<()> {
         eprintln!("skiffd: listening on {}", socket.display());
         let unix_server =
             axum::serve(unix, router(app.clone())).with_graceful_shutdown(shutdown_signal());
-        match config.listen {
-            Some(addr) => {
-                let tcp = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen on {addr}"))?;
-                eprintln!("skiffd: listening on http://{addr}");
-                let tcp_server =
-                    axum::serve(tcp, router(app)).with_graceful_shutdown(shutdown_signal());
-                tokio::try_join!(async { unix_server.await }, async { tcp_server.await })?;
+        let tcp = |addr: std::net::SocketAddr, what: &'static str, routes: axum::Router| async move {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            eprintln!("skiffd: {what} on http://{addr}");
+            axum::serve(listener, routes)
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+                .context(what)
+        };
+        let ecs_on_listen = if app.ecs.is_some() && config.ecs.listen.is_none() {
+            " and ECS"
+        } else {
+            ""
+        };
+        let v1_tcp = async {
+            match config.listen {
+                Some(addr) => {
+                    let what = if ecs_on_listen.is_empty() { "/v1" } else { "/v1 and ECS" };
+                    tcp(addr, what, router(app.clone())).await
+                }
+                None => Ok(()),
             }
-            None => unix_server.await?,
-        }
+        };
+        let ecs_tcp = async {
+            match (config.ecs.listen, &app.ecs) {
+                (Some(addr), Some(_)) => tcp(addr, "ECS", ecs_router(app.clone())).await,
+                _ => Ok(()),
+            }
+        };
+        tokio::try_join!(
+            async { unix_server.await.context("the Unix socket") },
+            v1_tcp,
+            ecs_tcp
+        )?;
         let _ = std::fs::remove_file(&socket);
         eprintln!("skiffd: stopped; tasks keep running under their monitors");
         anyhow::Ok(())

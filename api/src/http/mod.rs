@@ -1,7 +1,8 @@
-//! The `/v1` HTTP front end: routes, JSON bodies and queries, bearer-token auth, errors. Thin:
-//! every handler checks its input's shape and calls the service (in a blocking thread: the
-//! service's calls wait for the disk).
+//! The HTTP front ends: `/v1` (routes, JSON bodies and queries, bearer-token auth, errors) and
+//! ECS's JSON 1.1 protocol ([`ecs`], SigV4-signed). Both thin: every handler checks its input's
+//! shape and calls the service (in a blocking thread: the service's calls wait for the disk).
 
+pub mod ecs;
 pub mod error;
 mod logs;
 mod v1;
@@ -25,17 +26,20 @@ pub const MAX_BODY: usize = 1 << 20;
 /// The OpenAPI 3 document of the `/v1` API.
 pub const OPENAPI: &str = include_str!("../../openapi.yaml");
 
-/// Who may call: token hashes → tenants. With none configured, every caller is the default
-/// tenant (skiffd then serves its Unix socket only).
+/// Who may call: token hashes → tenants. `open` (no tenants configured at all): every caller
+/// is the default tenant (skiffd then serves its Unix socket only).
 #[derive(Debug, Clone, Default)]
 pub struct Auth {
     pub tenants: HashMap<String, Tenant>,
+    pub open: bool,
 }
 
 /// What every handler gets.
 pub struct App<E: Executor> {
     pub service: Arc<Service<E>>,
     pub auth: Auth,
+    /// ECS access keys (none: no ECS front end).
+    pub ecs: Option<Arc<ecs::Keys>>,
 }
 
 impl<E: Executor> Clone for App<E> {
@@ -43,6 +47,7 @@ impl<E: Executor> Clone for App<E> {
         Self {
             service: self.service.clone(),
             auth: self.auth.clone(),
+            ecs: self.ecs.clone(),
         }
     }
 }
@@ -54,7 +59,7 @@ impl<E: Executor> FromRequestParts<App<E>> for Caller {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, app: &App<E>) -> Result<Self, ApiError> {
-        if app.auth.tenants.is_empty() {
+        if app.auth.open {
             return Ok(Caller(Tenant::unlimited(DEFAULT_TENANT)));
         }
         let unauthorized = |m: &str| ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", m);
@@ -90,9 +95,20 @@ pub(crate) async fn blocking<T: Send + 'static>(
     }
 }
 
-/// The whole `/v1` API.
+/// The whole `/v1` API, and ECS's `POST /` when ECS keys are configured.
 pub fn router<E: Executor>(app: App<E>) -> Router {
-    v1::routes::<E>()
+    let mut routes = v1::routes::<E>();
+    if app.ecs.is_some() {
+        routes = routes.merge(ecs::routes::<E>());
+    }
+    routes
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        .with_state(app)
+}
+
+/// ECS's `POST /` alone (its own listener).
+pub fn ecs_router<E: Executor>(app: App<E>) -> Router {
+    ecs::routes::<E>()
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(app)
 }

@@ -25,7 +25,11 @@ fn app() -> Router {
     tenants.insert(token_hash("token-b"), Tenant::unlimited("b"));
     router(App {
         service,
-        auth: Auth { tenants },
+        auth: Auth {
+            tenants,
+            open: false,
+        },
+        ecs: None,
     })
 }
 

@@ -11,10 +11,12 @@ use serde::{Deserialize, Serialize};
 
 use super::{blocking, ApiError, App, Caller, MAX_BODY, OPENAPI};
 use crate::executor::{Executor, ImageInfo};
-use crate::service::model::{DesiredStatus, StopCode, Task, TaskDefinition, TaskEvent, TaskStatus};
+use crate::service::model::{
+    DefinitionStatus, DesiredStatus, StopCode, Task, TaskDefinition, TaskEvent, TaskStatus,
+};
 use crate::service::validate::TaskDefinitionInput;
 use crate::service::{Capacity, RunTaskInput};
-use crate::state::{Page, TaskFilter};
+use crate::state::{DefinitionFilter, Page, TaskFilter};
 
 pub fn routes<E: Executor>() -> Router<App<E>> {
     Router::new()
@@ -154,25 +156,24 @@ async fn list_task_definitions<E: Executor>(
     q: Result<Query<DefinitionQuery>, QueryRejection>,
 ) -> Result<Json<DefinitionList>, ApiError> {
     let q = query(q)?;
-    let active_only = match q.status.as_deref() {
-        None | Some("ACTIVE") => true,
-        Some("ALL") | Some("INACTIVE") => false,
+    let status = match q.status.as_deref() {
+        None | Some("ACTIVE") => Some(DefinitionStatus::Active),
+        Some("INACTIVE") => Some(DefinitionStatus::Inactive),
+        Some("ALL") => None,
         Some(other) => {
             return Err(ApiError::bad_request(format!(
                 "status {other:?}: ACTIVE, INACTIVE or ALL"
             )))
         }
     };
-    let inactive_only = q.status.as_deref() == Some("INACTIVE");
     let page = page(q.max_results, q.next_token)?;
-    let (mut defs, next) = blocking(move || {
-        app.service
-            .list_task_definitions(&tenant, q.family.as_deref(), active_only, page)
-    })
-    .await?;
-    if inactive_only {
-        defs.retain(|d| d.status == crate::service::model::DefinitionStatus::Inactive);
-    }
+    let filter = DefinitionFilter {
+        family: q.family,
+        status,
+        ..Default::default()
+    };
+    let (defs, next) =
+        blocking(move || app.service.list_task_definitions(&tenant, &filter, page)).await?;
     Ok(Json(DefinitionList {
         task_definitions: defs,
         next_token: next,

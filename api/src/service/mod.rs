@@ -11,7 +11,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use crate::executor::{ExecError, Executor, LogFiles};
-use crate::state::{Admission, Page, Refusal, StateError, StateStore, TaskFilter, Usage};
+use crate::state::{
+    Admission, DefinitionFilter, FamilyStatus, Page, Refusal, StateError, StateStore, TaskFilter,
+    Usage,
+};
 use model::{
     now_ms, Container, DesiredStatus, StopCode, Tag, Task, TaskDefinition, TaskEvent,
     TaskOverrides, TaskStatus,
@@ -101,6 +104,36 @@ pub struct RunTaskInput {
     pub tags: Vec<Tag>,
     #[serde(default)]
     pub overrides: TaskOverrides,
+}
+
+/// A change of a resource's tags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TagChange {
+    /// Adds these, replacing tags of the same keys.
+    Add(Vec<Tag>),
+    /// Removes the tags of these keys.
+    Remove(Vec<String>),
+}
+
+impl TagChange {
+    /// `tags` after the change, checked against the tag limits.
+    fn apply(&self, tags: &[Tag]) -> Result<Vec<Tag>, Invalid> {
+        let mut out = tags.to_vec();
+        match self {
+            TagChange::Add(new) => {
+                validate::check_tags("tags", new)?;
+                for tag in new {
+                    match out.iter_mut().find(|t| t.key == tag.key) {
+                        Some(t) => t.value = tag.value.clone(),
+                        None => out.push(tag.clone()),
+                    }
+                }
+            }
+            TagChange::Remove(keys) => out.retain(|t| !keys.contains(&t.key)),
+        }
+        validate::check_tags("tags", &out)?;
+        Ok(out)
+    }
 }
 
 /// Capacity: the host's, what tasks hold, what is free.
@@ -221,18 +254,75 @@ impl<E: Executor> Service<E> {
     pub fn list_task_definitions(
         &self,
         tenant: &Tenant,
-        family: Option<&str>,
-        active_only: bool,
+        filter: &DefinitionFilter,
         page: Page,
     ) -> Result<(Vec<TaskDefinition>, Option<String>), ServiceError> {
-        if let Some(f) = family {
+        if let Some(f) = &filter.family {
             validate::check_name("family", f)?;
+        }
+        if let Some(p) = &filter.family_prefix {
+            validate::check_name("familyPrefix", p)?;
         }
         let (ask, limit) = one_more(page);
         let items = self
             .store
-            .list_task_definitions(&tenant.name, family, active_only, &ask)?;
+            .list_task_definitions(&tenant.name, filter, &ask)?;
         Ok(paged(items, limit, TaskDefinition::key))
+    }
+
+    /// Task definition families (one page) and the key to continue after.
+    pub fn list_families(
+        &self,
+        tenant: &Tenant,
+        prefix: Option<&str>,
+        status: FamilyStatus,
+        page: Page,
+    ) -> Result<(Vec<String>, Option<String>), ServiceError> {
+        if let Some(p) = prefix {
+            validate::check_name("familyPrefix", p)?;
+        }
+        let (ask, limit) = one_more(page);
+        let items = self
+            .store
+            .list_families(&tenant.name, prefix, status, &ask)?;
+        Ok(paged(items, limit, String::clone))
+    }
+
+    /// Adds `tags` to a task definition revision (replacing same-keyed ones) or, with
+    /// `remove`, drops the tags with these keys.
+    pub fn retag_task_definition(
+        &self,
+        tenant: &Tenant,
+        reference: &str,
+        change: &TagChange,
+    ) -> Result<TaskDefinition, ServiceError> {
+        let def = self.task_definition(tenant, reference)?;
+        if !reference.contains(':') {
+            return Err(Invalid {
+                field: "resourceArn".into(),
+                message: format!("{reference:?}: tagging needs family:revision"),
+            }
+            .into());
+        }
+        let tags = change.apply(&def.tags)?;
+        self.store
+            .set_task_definition_tags(&tenant.name, &def.family, def.revision, &tags)?
+            .ok_or_else(|| ServiceError::NotFound(format!("task definition {reference}")))
+    }
+
+    /// Changes a task's tags (see [`Service::retag_task_definition`]).
+    pub fn retag_task(
+        &self,
+        tenant: &Tenant,
+        id: &str,
+        change: &TagChange,
+    ) -> Result<Task, ServiceError> {
+        let task = self.task(tenant, id)?;
+        let tags = change.apply(&task.tags)?;
+        self.modify(&task.task_id, move |t| {
+            t.tags = tags;
+            Some(String::new())
+        })
     }
 
     pub fn deregister_task_definition(
@@ -410,7 +500,9 @@ impl<E: Executor> Service<E> {
     }
 
     pub fn capacity(&self) -> Result<Capacity, ServiceError> {
-        let Usage { cpu, memory, tasks } = self.store.usage(None)?;
+        let Usage {
+            cpu, memory, tasks, ..
+        } = self.store.usage(None)?;
         let total = Resources {
             cpu: self.settings.capacity_cpu,
             memory: self.settings.capacity_memory,
@@ -424,6 +516,11 @@ impl<E: Executor> Service<E> {
             },
             tasks,
         })
+    }
+
+    /// What the tenant's tasks that are not STOPPED hold, and how many are RUNNING or not yet.
+    pub fn tenant_usage(&self, tenant: &Tenant) -> Result<Usage, ServiceError> {
+        Ok(self.store.usage(Some(&tenant.name))?)
     }
 
     /// Whether `tenant` may run `image` (with the named credentials): a private image of

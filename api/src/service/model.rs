@@ -223,6 +223,15 @@ pub enum DefinitionStatus {
     Inactive,
 }
 
+impl DefinitionStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DefinitionStatus::Active => "ACTIVE",
+            DefinitionStatus::Inactive => "INACTIVE",
+        }
+    }
+}
+
 /// A registered revision of a task definition family (immutable but for its status).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

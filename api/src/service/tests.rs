@@ -520,8 +520,10 @@ fn listings_page_with_a_next_token() {
     let (first, next) = svc
         .list_task_definitions(
             &a,
-            None,
-            true,
+            &DefinitionFilter {
+                status: Some(crate::service::model::DefinitionStatus::Active),
+                ..Default::default()
+            },
             Page {
                 after: None,
                 limit: 2,
@@ -533,8 +535,10 @@ fn listings_page_with_a_next_token() {
     let (rest, next) = svc
         .list_task_definitions(
             &a,
-            None,
-            true,
+            &DefinitionFilter {
+                status: Some(crate::service::model::DefinitionStatus::Active),
+                ..Default::default()
+            },
             Page {
                 after: next,
                 limit: 2,

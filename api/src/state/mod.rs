@@ -5,7 +5,9 @@
 
 pub mod sqlite;
 
-use crate::service::model::{DesiredStatus, Millis, Task, TaskDefinition, TaskEvent};
+use crate::service::model::{
+    DefinitionStatus, DesiredStatus, Millis, Tag, Task, TaskDefinition, TaskEvent,
+};
 
 /// Errors of the state store.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +40,9 @@ pub struct Usage {
     pub cpu: u64,
     pub memory: u64,
     pub tasks: u64,
+    /// Of `tasks`: those RUNNING, and those not yet (PROVISIONING, PENDING, ACTIVATING).
+    pub running: u64,
+    pub pending: u64,
 }
 
 /// The limits a RunTask is admitted against.
@@ -116,6 +121,27 @@ pub struct TaskFilter {
     pub started_by: Option<String>,
 }
 
+/// Filters of ListTaskDefinitions.
+#[derive(Debug, Clone, Default)]
+pub struct DefinitionFilter {
+    pub family: Option<String>,
+    pub family_prefix: Option<String>,
+    pub status: Option<DefinitionStatus>,
+    /// Newest family and revision first (`after` then counts down).
+    pub descending: bool,
+}
+
+/// Which families ListTaskDefinitionFamilies lists.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FamilyStatus {
+    /// Families with an ACTIVE revision.
+    #[default]
+    Active,
+    /// Families with no ACTIVE revision.
+    Inactive,
+    All,
+}
+
 /// A page of a listing: where to start (exclusive) and how many.
 #[derive(Debug, Clone, Default)]
 pub struct Page {
@@ -142,10 +168,25 @@ pub trait StateStore: Send + Sync + 'static {
     fn list_task_definitions(
         &self,
         tenant: &str,
-        family: Option<&str>,
-        active_only: bool,
+        filter: &DefinitionFilter,
         page: &Page,
     ) -> Result<Vec<TaskDefinition>, StateError>;
+    /// Family names, in order; `after` is a family.
+    fn list_families(
+        &self,
+        tenant: &str,
+        prefix: Option<&str>,
+        status: FamilyStatus,
+        page: &Page,
+    ) -> Result<Vec<String>, StateError>;
+    /// Replaces a revision's tags.
+    fn set_task_definition_tags(
+        &self,
+        tenant: &str,
+        family: &str,
+        revision: u32,
+        tags: &[Tag],
+    ) -> Result<Option<TaskDefinition>, StateError>;
     /// Marks a revision INACTIVE.
     fn deregister_task_definition(
         &self,

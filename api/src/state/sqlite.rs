@@ -7,8 +7,11 @@ use std::sync::Mutex;
 
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 
-use super::{Admission, Page, Refusal, StateError, StateStore, TaskFilter, Usage};
-use crate::service::model::{DefinitionStatus, Millis, Task, TaskDefinition, TaskEvent};
+use super::{
+    Admission, DefinitionFilter, FamilyStatus, Page, Refusal, StateError, StateStore, TaskFilter,
+    Usage,
+};
+use crate::service::model::{DefinitionStatus, Millis, Tag, Task, TaskDefinition, TaskEvent};
 
 /// Schema migrations, in order; the database's `user_version` is how many have run.
 const MIGRATIONS: &[&str] = &[
@@ -131,16 +134,20 @@ impl SqliteStore {
 }
 
 fn usage_in(conn: &Connection, tenant: Option<&str>) -> Result<Usage, StateError> {
-    let (cpu, memory, tasks): (i64, i64, i64) = conn.query_row(
-        "SELECT COALESCE(SUM(cpu), 0), COALESCE(SUM(memory), 0), COUNT(*) FROM tasks
-         WHERE last_status != 'STOPPED' AND (?1 IS NULL OR tenant = ?1)",
+    let (cpu, memory, tasks, running, pending): (i64, i64, i64, i64, i64) = conn.query_row(
+        "SELECT COALESCE(SUM(cpu), 0), COALESCE(SUM(memory), 0), COUNT(*),
+                COALESCE(SUM(last_status = 'RUNNING'), 0),
+                COALESCE(SUM(last_status IN ('PROVISIONING', 'PENDING', 'ACTIVATING')), 0)
+         FROM tasks WHERE last_status != 'STOPPED' AND (?1 IS NULL OR tenant = ?1)",
         params![tenant],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
     )?;
     Ok(Usage {
         cpu: cpu as u64,
         memory: memory as u64,
         tasks: tasks as u64,
+        running: running as u64,
+        pending: pending as u64,
     })
 }
 
@@ -192,6 +199,45 @@ fn insert_event(conn: &Connection, id: &str, event: &TaskEvent) -> Result<(), St
         params![id, to_json(event)?],
     )?;
     Ok(())
+}
+
+impl SqliteStore {
+    /// Reads a revision, lets `change` modify it and stores it when `change` says it did.
+    fn change_definition(
+        &self,
+        tenant: &str,
+        family: &str,
+        revision: u32,
+        change: impl FnOnce(&mut TaskDefinition) -> bool,
+    ) -> Result<Option<TaskDefinition>, StateError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let body: Option<String> = tx
+            .query_row(
+                "SELECT body FROM task_definitions WHERE tenant = ?1 AND family = ?2 AND revision = ?3",
+                params![tenant, family, revision],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(body) = body else { return Ok(None) };
+        let mut def: TaskDefinition =
+            serde_json::from_str(&body).map_err(corrupt("task definition"))?;
+        if change(&mut def) {
+            tx.execute(
+                "UPDATE task_definitions SET status = ?4, body = ?5
+                 WHERE tenant = ?1 AND family = ?2 AND revision = ?3",
+                params![
+                    tenant,
+                    family,
+                    revision,
+                    def.status.as_str(),
+                    to_json(&def)?
+                ],
+            )?;
+        }
+        tx.commit()?;
+        Ok(Some(def))
+    }
 }
 
 impl StateStore for SqliteStore {
@@ -250,8 +296,7 @@ impl StateStore for SqliteStore {
     fn list_task_definitions(
         &self,
         tenant: &str,
-        family: Option<&str>,
-        active_only: bool,
+        filter: &DefinitionFilter,
         page: &Page,
     ) -> Result<Vec<TaskDefinition>, StateError> {
         let (after_family, after_rev) = match page.after.as_deref().and_then(|a| a.rsplit_once(':'))
@@ -259,19 +304,29 @@ impl StateStore for SqliteStore {
             Some((f, r)) => (Some(f.to_owned()), r.parse::<u32>().unwrap_or(u32::MAX)),
             None => (None, 0),
         };
+        let (after, order) = if filter.descending {
+            (
+                "(family, revision) < (?5, ?6)",
+                "family DESC, revision DESC",
+            )
+        } else {
+            ("(family, revision) > (?5, ?6)", "family, revision")
+        };
         let conn = self.conn();
-        let mut stmt = conn.prepare(
+        let mut stmt = conn.prepare(&format!(
             "SELECT body FROM task_definitions
              WHERE tenant = ?1 AND (?2 IS NULL OR family = ?2)
-               AND (?3 = 0 OR status = 'ACTIVE')
-               AND (?4 IS NULL OR (family, revision) > (?4, ?5))
-             ORDER BY family, revision LIMIT ?6",
-        )?;
+               AND (?3 IS NULL OR substr(family, 1, length(?3)) = ?3)
+               AND (?4 IS NULL OR status = ?4)
+               AND (?5 IS NULL OR {after})
+             ORDER BY {order} LIMIT ?7"
+        ))?;
         let rows = stmt.query_map(
             params![
                 tenant,
-                family,
-                active_only as i64,
+                filter.family,
+                filter.family_prefix,
+                filter.status.map(DefinitionStatus::as_str),
                 after_family,
                 after_rev,
                 page.limit as i64
@@ -282,6 +337,45 @@ impl StateStore for SqliteStore {
             .collect()
     }
 
+    fn list_families(
+        &self,
+        tenant: &str,
+        prefix: Option<&str>,
+        status: FamilyStatus,
+        page: &Page,
+    ) -> Result<Vec<String>, StateError> {
+        let having = match status {
+            FamilyStatus::Active => "MAX(status = 'ACTIVE') = 1",
+            FamilyStatus::Inactive => "MAX(status = 'ACTIVE') = 0",
+            FamilyStatus::All => "1",
+        };
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT family FROM task_definitions
+             WHERE tenant = ?1 AND (?2 IS NULL OR substr(family, 1, length(?2)) = ?2)
+               AND (?3 IS NULL OR family > ?3)
+             GROUP BY family HAVING {having} ORDER BY family LIMIT ?4"
+        ))?;
+        let rows = stmt.query_map(
+            params![tenant, prefix, page.after, page.limit as i64],
+            |r| r.get::<_, String>(0),
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn set_task_definition_tags(
+        &self,
+        tenant: &str,
+        family: &str,
+        revision: u32,
+        tags: &[Tag],
+    ) -> Result<Option<TaskDefinition>, StateError> {
+        self.change_definition(tenant, family, revision, |def| {
+            def.tags = tags.to_vec();
+            true
+        })
+    }
+
     fn deregister_task_definition(
         &self,
         tenant: &str,
@@ -289,29 +383,14 @@ impl StateStore for SqliteStore {
         revision: u32,
         at: Millis,
     ) -> Result<Option<TaskDefinition>, StateError> {
-        let mut conn = self.conn();
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let body: Option<String> = tx
-            .query_row(
-                "SELECT body FROM task_definitions WHERE tenant = ?1 AND family = ?2 AND revision = ?3",
-                params![tenant, family, revision],
-                |r| r.get(0),
-            )
-            .optional()?;
-        let Some(body) = body else { return Ok(None) };
-        let mut def: TaskDefinition =
-            serde_json::from_str(&body).map_err(corrupt("task definition"))?;
-        if def.status == DefinitionStatus::Active {
+        self.change_definition(tenant, family, revision, |def| {
+            if def.status != DefinitionStatus::Active {
+                return false;
+            }
             def.status = DefinitionStatus::Inactive;
             def.deregistered_at = Some(at);
-            tx.execute(
-                "UPDATE task_definitions SET status = 'INACTIVE', body = ?4
-                 WHERE tenant = ?1 AND family = ?2 AND revision = ?3",
-                params![tenant, family, revision, to_json(&def)?],
-            )?;
-        }
-        tx.commit()?;
-        Ok(Some(def))
+            true
+        })
     }
 
     fn create_tasks(
@@ -618,7 +697,9 @@ mod tests {
             Usage {
                 cpu: 1024,
                 memory: 2048,
-                tasks: 3
+                tasks: 3,
+                running: 0,
+                pending: 3,
             }
         );
         // Stopping one frees its capacity and its uid.
@@ -712,8 +793,7 @@ mod tests {
         let page1 = store
             .list_task_definitions(
                 "a",
-                None,
-                false,
+                &DefinitionFilter::default(),
                 &Page {
                     after: None,
                     limit: 2,
@@ -724,8 +804,7 @@ mod tests {
         let page2 = store
             .list_task_definitions(
                 "a",
-                None,
-                false,
+                &DefinitionFilter::default(),
                 &Page {
                     after: Some(page1[1].key()),
                     limit: 2,
@@ -762,5 +841,133 @@ mod tests {
         let store = SqliteStore::open(&path).unwrap();
         assert_eq!(store.unfinished_tasks().unwrap().len(), 1);
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn definitions_filter_by_prefix_and_status_sort_down_and_tags_change() {
+        let store = SqliteStore::in_memory().unwrap();
+        let def = |family: &str| {
+            crate::service::validate::task_definition(
+                serde_json::from_value(serde_json::json!({"family": family, "containerDefinitions": [{"name": "app", "image": "busybox"}]})).unwrap(),
+            )
+            .unwrap()
+        };
+        for family in ["web", "web", "worker", "db"] {
+            store.register_task_definition("a", def(family)).unwrap();
+        }
+        store.deregister_task_definition("a", "db", 1, 5).unwrap();
+        let all = |filter: &DefinitionFilter| {
+            store
+                .list_task_definitions(
+                    "a",
+                    filter,
+                    &Page {
+                        after: None,
+                        limit: 10,
+                    },
+                )
+                .unwrap()
+                .iter()
+                .map(TaskDefinition::key)
+                .collect::<Vec<_>>()
+        };
+        let prefix = DefinitionFilter {
+            family_prefix: Some("w".into()),
+            ..Default::default()
+        };
+        assert_eq!(all(&prefix), ["web:1", "web:2", "worker:1"]);
+        let down = DefinitionFilter {
+            descending: true,
+            ..prefix.clone()
+        };
+        assert_eq!(all(&down), ["worker:1", "web:2", "web:1"]);
+        let next = store
+            .list_task_definitions(
+                "a",
+                &down,
+                &Page {
+                    after: Some("web:2".into()),
+                    limit: 10,
+                },
+            )
+            .unwrap();
+        assert_eq!(
+            next.iter().map(TaskDefinition::key).collect::<Vec<_>>(),
+            ["web:1"]
+        );
+        let inactive = DefinitionFilter {
+            status: Some(DefinitionStatus::Inactive),
+            ..Default::default()
+        };
+        assert_eq!(all(&inactive), ["db:1"]);
+        assert_eq!(
+            all(&DefinitionFilter {
+                family_prefix: Some("%".into()),
+                ..Default::default()
+            }),
+            Vec::<String>::new(),
+            "a prefix is no LIKE pattern"
+        );
+
+        let families = |prefix: Option<&str>, status, after: Option<&str>| {
+            store
+                .list_families(
+                    "a",
+                    prefix,
+                    status,
+                    &Page {
+                        after: after.map(Into::into),
+                        limit: 10,
+                    },
+                )
+                .unwrap()
+        };
+        assert_eq!(
+            families(None, FamilyStatus::Active, None),
+            ["web", "worker"]
+        );
+        assert_eq!(families(None, FamilyStatus::Inactive, None), ["db"]);
+        assert_eq!(
+            families(None, FamilyStatus::All, Some("db")),
+            ["web", "worker"]
+        );
+        assert_eq!(families(Some("wo"), FamilyStatus::All, None), ["worker"]);
+        assert!(store
+            .list_families(
+                "b",
+                None,
+                FamilyStatus::All,
+                &Page {
+                    after: None,
+                    limit: 10
+                }
+            )
+            .unwrap()
+            .is_empty());
+
+        let tags = [Tag {
+            key: "team".into(),
+            value: "a".into(),
+        }];
+        let tagged = store
+            .set_task_definition_tags("a", "web", 2, &tags)
+            .unwrap()
+            .unwrap();
+        assert_eq!(tagged.tags, tags);
+        assert_eq!(
+            store
+                .task_definition("a", "web", Some(2))
+                .unwrap()
+                .unwrap()
+                .tags,
+            tags
+        );
+        assert!(
+            store
+                .set_task_definition_tags("b", "web", 2, &tags)
+                .unwrap()
+                .is_none(),
+            "another tenant's revision"
+        );
     }
 }
