@@ -4,7 +4,8 @@
 #   - the guest kernel and the nested test-host kernel (cached in ~/.cache/skiff by config hash);
 #   - guest-init (static) and the guest initramfs;
 #   - the release binaries (skiff-vmm, test and benchmark tools);
-#   - Debian's stock cloud kernel, unpacked, for the product-against-product benchmark.
+#   - Debian's stock cloud kernel, unpacked, for the product-against-product benchmark;
+#   - the AWS CLI and boto3 (PyPI) in target/ecs-venv, for the ECS end-to-end test.
 # Leaves target/guest/{vmlinux,initramfs.cpio}, target/test-host/vmlinux, target/stock/vmlinuz,
 # and the static skiff-vmm, skiff-jailer and skiff-init in target/x86_64-unknown-linux-gnu/release/.
 set -euo pipefail
@@ -18,7 +19,7 @@ as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 packages=(
     build-essential binutils bc bison flex libelf-dev cpio xz-utils linux-source-6.1
     qemu-system-x86 qemu-system-data busybox-static strace e2fsprogs iproute2
-    docker-registry skopeo openssl
+    docker-registry skopeo openssl python3 python3-venv
 )
 missing=()
 for p in "${packages[@]}"; do
@@ -57,6 +58,8 @@ target/release/skiff-initramfs \
 say "guest initramfs -> target/guest/initramfs.cpio ($(du -h target/guest/initramfs.cpio | cut -f1))"
 say "container test images -> target/test-images/ (cached in $cache/test-images)"
 scripts/build-test-images.sh
+say "ECS clients (the AWS CLI and boto3 from PyPI) -> target/ecs-venv"
+scripts/ecs-clients.sh
 
 # Debian's stock cloud kernel (what a user would otherwise boot under QEMU microvm).
 stock_pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null \

@@ -30,6 +30,7 @@
 //! [ecs]                                  # the ECS JSON 1.1 front end (needs access keys)
 //! region = "us-east-1"                   # requests must be signed for it
 //! listen = "127.0.0.1:7071"              # its own listener; else `POST /` on `listen`
+//! # allow_remote = true                  # let `listen` be a non-loopback address (plain HTTP)
 //!
 //! [registries."127.0.0.1:5000"]
 //! plain_http = true
@@ -133,6 +134,10 @@ pub struct EcsConfig {
     pub region: Option<String>,
     /// A listener of its own (else ECS answers `POST /` on `listen`).
     pub listen: Option<std::net::SocketAddr>,
+    /// `listen` may be a non-loopback address (plain HTTP: for a trusted network or behind a
+    /// TLS proxy).
+    #[serde(default)]
+    pub allow_remote: bool,
 }
 
 /// The region of the ECS front end when none is configured.
@@ -220,22 +225,33 @@ impl Config {
         let mut names = std::collections::HashSet::new();
         let mut tokens = std::collections::HashSet::new();
         let mut key_ids = std::collections::HashSet::new();
+        let mut accounts = std::collections::HashSet::new();
         for t in &self.tenants {
+            crate::service::validate::check_name("tenant name", &t.name)
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+            if !names.insert(&t.name) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {} appears twice",
+                    t.name
+                )));
+            }
             check_access(t, &mut key_ids)?;
+            let account = t
+                .account_id
+                .clone()
+                .unwrap_or_else(|| default_account_id(&t.name));
+            if !accounts.insert(account.clone()) {
+                return Err(ConfigError::Invalid(format!(
+                    "tenant {}: account_id {account} is another tenant's too",
+                    t.name
+                )));
+            }
             let Some(token) = &t.token_sha256 else {
                 continue;
             };
             if !tokens.insert(token.to_ascii_lowercase()) {
                 return Err(ConfigError::Invalid(format!(
                     "tenant {}: its token is another tenant's too",
-                    t.name
-                )));
-            }
-            crate::service::validate::check_name("tenant name", &t.name)
-                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
-            if !names.insert(&t.name) {
-                return Err(ConfigError::Invalid(format!(
-                    "tenant {} appears twice",
                     t.name
                 )));
             }
@@ -251,6 +267,23 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "a TCP listener needs tenants with tokens (without tenants skiffd serves its Unix socket only)".into(),
             ));
+        }
+        if let Some(addr) = self.listen.filter(|a| !a.ip().is_loopback()) {
+            return Err(ConfigError::Invalid(format!(
+                "listen {addr}: the /v1 listener is plain HTTP carrying bearer tokens, so it \
+                 serves loopback only (put a TLS proxy in front for remote callers)"
+            )));
+        }
+        if let Some(addr) = self
+            .ecs
+            .listen
+            .filter(|a| !a.ip().is_loopback() && !self.ecs.allow_remote)
+        {
+            return Err(ConfigError::Invalid(format!(
+                "ecs.listen {addr}: plain HTTP beyond loopback needs ecs.allow_remote = true \
+                 (SigV4 keeps the secret off the wire, but answers travel in clear and a \
+                 captured request can be replayed for 15 minutes: put TLS in front)"
+            )));
         }
         if self.ecs.listen.is_some() && key_ids.is_empty() {
             return Err(ConfigError::Invalid(
@@ -500,6 +533,10 @@ mod ecs_tests {
             ("[[tenants]]\nname = \"a\"\n[[tenants.access_keys]]\nid = \"AKIAALICE0000000001\"\nsecret = \"x\"", "at least 16"),
             ("[ecs]\nlisten = \"127.0.0.1:1\"", "access_keys"),
             ("[ecs]\nregion = \"US East\"", "ecs.region"),
+            ("[ecs]\nlisten = \"10.0.0.1:7071\"\n[[tenants]]\nname = \"a\"\n[[tenants.access_keys]]\nid = \"AKIAALICE0000000001\"\nsecret = \"0123456789abcdef\"", "allow_remote"),
+            ("[[tenants]]\nname = \"a\"\ntoken_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"\n[[tenants]]\nname = \"a\"\n[[tenants.access_keys]]\nid = \"AKIAALICE0000000001\"\nsecret = \"0123456789abcdef\"", "appears twice"),
+            ("[[tenants]]\nname = \"a\"\naccount_id = \"111111111111\"\n[[tenants.access_keys]]\nid = \"AKIAALICE0000000001\"\nsecret = \"0123456789abcdef\"\n[[tenants]]\nname = \"b\"\naccount_id = \"111111111111\"\n[[tenants.access_keys]]\nid = \"AKIAALICE0000000002\"\nsecret = \"0123456789abcdef\"", "another tenant's too"),
+            ("listen = \"0.0.0.0:7070\"\n[[tenants]]\nname = \"a\"\ntoken_sha256 = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"", "loopback only"),
         ] {
             let c: Config = toml::from_str(text).unwrap();
             let e = c.check().unwrap_err().to_string();

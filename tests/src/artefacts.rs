@@ -66,6 +66,8 @@ pub enum Artefact {
     SkiffImage,
     /// A container test image's OCI layout directory, `target/test-images/NAME`
     TestImage(&'static str),
+    /// The AWS CLI and boto3 from PyPI, in the virtualenv `target/ecs-venv` (its `aws`)
+    EcsClients,
 }
 
 impl Artefact {
@@ -83,6 +85,7 @@ impl Artefact {
             Artefact::Probe => static_bin_dir().join("skiff-probe"),
             Artefact::SkiffImage => bin_dir().join("skiff-image"),
             Artefact::TestImage(name) => test_image(name),
+            Artefact::EcsClients => root.join("target/ecs-venv/bin/aws"),
         }
     }
 
@@ -105,6 +108,7 @@ impl Artefact {
             | Artefact::SkiffMonitor
             | Artefact::Probe => "run scripts/setup.sh",
             Artefact::TestImage(_) => "run scripts/setup.sh (or scripts/build-test-images.sh)",
+            Artefact::EcsClients => "run scripts/setup.sh (or scripts/ecs-clients.sh)",
             Artefact::BootBench | Artefact::SkiffImage => "run cargo build --release --workspace",
         }
     }

@@ -7,6 +7,7 @@ pub mod guest_console;
 pub mod guest_image;
 pub mod jail_run;
 pub mod nested;
+pub mod nested_live;
 pub mod process;
 pub mod qemu;
 pub mod skiffd;

@@ -40,7 +40,7 @@ const HEARTBEAT: &str = "nested: alive";
 /// test: the nested host's own kernel crashing (its DMI name is QEMU's q35), or a guest triple
 /// fault — both seen under heavy guest network load (see `../shared/notes/nested-host.md`).
 /// (The nested host's oops may be cut short before its DMI line, hence its first line too.)
-const EMULATION_CRASHES: [&str; 3] = [
+pub const EMULATION_CRASHES: [&str; 3] = [
     "Hardware name: QEMU Standard PC (Q35",
     "BUG: kernel NULL pointer dereference",
     "guest crashed: triple fault",
@@ -49,7 +49,7 @@ const EMULATION_CRASHES: [&str; 3] = [
 /// Whether QEMU's emulation, not the code under test, failed a run — a crash on the console, or
 /// a timeout after the host's heartbeat stopped (a host still printing it was alive: the test is
 /// stuck) — and how it showed.
-fn emulation_failure(result: &Result<NestedRun, NestedError>) -> Option<String> {
+pub(crate) fn emulation_failure(result: &Result<NestedRun, NestedError>) -> Option<String> {
     let console = match result {
         Ok(run) => &run.console,
         Err(NestedError::NoStatus { console, .. } | NestedError::Timeout { console, .. }) => {
@@ -289,7 +289,8 @@ impl NestedHost {
         result
     }
 
-    fn run_once(&self, script: &str) -> Result<NestedRun, NestedError> {
+    /// Writes the host's initramfs with `script` as `/test.sh`; gives its path.
+    pub(crate) fn initrd(&self, script: &str) -> Result<PathBuf, NestedError> {
         let dir = workspace_root().join("target/nested");
         std::fs::create_dir_all(&dir).map_err(|source| NestedError::Prepare {
             path: dir.clone(),
@@ -303,22 +304,30 @@ impl NestedHost {
         let mut fs = self.fs.clone();
         fs.file_bytes("test.sh", 0o755, script.as_bytes())?;
         fs.write_to(&initrd)?;
-        let result = run_with_deadlines(
-            Command::new("qemu-system-x86_64")
-                .args(["-M", "q35,accel=tcg", "-cpu", "max"])
-                .args(["-m", &self.memory_mib.to_string()])
-                .args(["-smp", &self.cpus.to_string()])
-                .args(["-no-reboot", "-nodefaults", "-no-user-config", "-nographic"])
-                .args(["-serial", "stdio"])
-                .arg("-kernel")
-                .arg(Artefact::TestHostKernel.path())
-                .arg("-initrd")
-                .arg(&initrd)
-                .arg("-append")
-                .arg(format!("{NESTED_CMDLINE}{}", self.extra_cmdline)),
-            self.timeout,
-            Some(MAX_SILENCE),
-        );
+        Ok(initrd)
+    }
+
+    /// The QEMU command booting the host from `initrd`, its console on stdout.
+    pub(crate) fn command(&self, initrd: &Path) -> Command {
+        let mut qemu = Command::new("qemu-system-x86_64");
+        qemu.args(["-M", "q35,accel=tcg", "-cpu", "max"])
+            .args(["-m", &self.memory_mib.to_string()])
+            .args(["-smp", &self.cpus.to_string()])
+            .args(["-no-reboot", "-nodefaults", "-no-user-config", "-nographic"])
+            .args(["-serial", "stdio"])
+            .arg("-kernel")
+            .arg(Artefact::TestHostKernel.path())
+            .arg("-initrd")
+            .arg(initrd)
+            .arg("-append")
+            .arg(format!("{NESTED_CMDLINE}{}", self.extra_cmdline));
+        qemu
+    }
+
+    fn run_once(&self, script: &str) -> Result<NestedRun, NestedError> {
+        let initrd = self.initrd(script)?;
+        let result =
+            run_with_deadlines(&mut self.command(&initrd), self.timeout, Some(MAX_SILENCE));
         let _ = std::fs::remove_file(&initrd);
         let finished = result?;
         let console = finished.stdout.replace("\r\n", "\n");

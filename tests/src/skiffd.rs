@@ -17,13 +17,39 @@ pub const TOKEN_B: &str = "token-of-tenant-b";
 /// Capacity the nested skiffd offers: ten of the smallest tasks.
 pub const CAPACITY_CPU: u32 = 2560;
 
-/// skiffd's configuration in the nested host.
-pub fn config(jailed: bool) -> String {
+/// The tenants' AWS access keys (id, secret) and account ids for the ECS front end (the
+/// clients in `tests/ecs/common.py` use the same).
+pub const ECS_KEY_A: (&str, &str) = ("AKIASKIFFTENANTA0001", "tenant-a-secret/0123456789+abc");
+pub const ECS_KEY_B: (&str, &str) = ("AKIASKIFFTENANTB0001", "tenant-b-secret/0123456789+abc");
+/// Where the nested skiffd answers ECS (on the nested host's NIC, see `nested_live`).
+pub const ECS_PORT: u16 = 7071;
+
+/// The ECS section and a tenant's access key, when ECS is on.
+fn ecs_parts(ecs: bool) -> (String, String, String) {
+    if !ecs {
+        return Default::default();
+    }
+    let key = |(id, secret): (&str, &str), account: &str| {
+        format!("account_id = \"{account}\"\n[[tenants.access_keys]]\nid = \"{id}\"\nsecret = \"{secret}\"\n")
+    };
+    (
+        format!(
+            "[ecs]\nregion = \"eu-west-1\"\nlisten = \"{}:{ECS_PORT}\"\nallow_remote = true\n",
+            crate::nested_live::GUEST_ADDR
+        ),
+        key(ECS_KEY_A, "111111111111"),
+        key(ECS_KEY_B, "222222222222"),
+    )
+}
+
+/// skiffd's configuration in the nested host (with the ECS front end when `ecs`).
+pub fn config(jailed: bool, ecs: bool) -> String {
     let jailer = if jailed {
         "jailer = \"/skiff/skiff-jailer\"\n"
     } else {
         ""
     };
+    let (ecs_section, keys_a, keys_b) = ecs_parts(ecs);
     format!(
         r#"data_dir = "/data"
 socket = "/run/skiff/skiffd.sock"
@@ -41,15 +67,16 @@ kernel = "/skiff/vmlinux"
 initramfs = "/skiff/initramfs.cpio"
 {jailer}boot_timeout_seconds = 300
 
+{ecs_section}
 [[tenants]]
 name = "a"
 token_sha256 = "{}"
-
+{keys_a}
 [[tenants]]
 name = "b"
 token_sha256 = "{}"
 max_tasks = 2
-"#,
+{keys_b}"#,
         token_hash(TOKEN_A),
         token_hash(TOKEN_B)
     )
@@ -87,8 +114,12 @@ wait_log() {{
     )
 }
 
-/// A nested host with skiffd and the images in `store`.
-pub fn skiffd_host(store: &Path, jailed: bool) -> Result<NestedHost, ContainerHostError> {
+/// A nested host with skiffd and the images in `store` (ECS on when `ecs`).
+pub fn skiffd_host(
+    store: &Path,
+    jailed: bool,
+    ecs: bool,
+) -> Result<NestedHost, ContainerHostError> {
     let mut host = NestedHost::with_skiff()?;
     host.binary("skiff/skiffd", &bin_dir().join("skiffd"))?
         .binary("skiff/skiff-monitor", &Artefact::SkiffMonitor.path())?
@@ -96,6 +127,10 @@ pub fn skiffd_host(store: &Path, jailed: bool) -> Result<NestedHost, ContainerHo
         .binary("skiff/skiff-jailer", &Artefact::SkiffJailer.path())?
         .binary("sbin/mkfs.ext4", Path::new("/sbin/mkfs.ext4"))?
         .dir("data/images", store)?
-        .bytes("etc/skiff/skiffd.toml", 0o600, config(jailed).as_bytes())?;
+        .bytes(
+            "etc/skiff/skiffd.toml",
+            0o600,
+            config(jailed, ecs).as_bytes(),
+        )?;
     Ok(host)
 }

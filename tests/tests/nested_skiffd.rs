@@ -44,7 +44,7 @@ fn skiffd_runs_tasks_in_jailed_microvms_and_survives_its_own_death() {
     }
     let store = workspace_root().join(format!("target/nested/skiffd-{}", std::process::id()));
     import_test_images(&store, &["busybox"]).unwrap();
-    let mut host = skiffd_host(&store, true).unwrap();
+    let mut host = skiffd_host(&store, true, false).unwrap();
     host.memory_mib(3072)
         .timeout(std::time::Duration::from_secs(1800));
     let bb = "busybox:latest";

@@ -260,9 +260,6 @@ impl<E: Executor> Service<E> {
         if let Some(f) = &filter.family {
             validate::check_name("family", f)?;
         }
-        if let Some(p) = &filter.family_prefix {
-            validate::check_name("familyPrefix", p)?;
-        }
         let (ask, limit) = one_more(page);
         let items = self
             .store
@@ -289,25 +286,28 @@ impl<E: Executor> Service<E> {
     }
 
     /// Adds `tags` to a task definition revision (replacing same-keyed ones) or, with
-    /// `remove`, drops the tags with these keys.
+    /// `remove`, drops the tags with these keys — applied to the tags as stored, in the update.
     pub fn retag_task_definition(
         &self,
         tenant: &Tenant,
         reference: &str,
         change: &TagChange,
     ) -> Result<TaskDefinition, ServiceError> {
-        let def = self.task_definition(tenant, reference)?;
-        if !reference.contains(':') {
-            return Err(Invalid {
-                field: "resourceArn".into(),
-                message: format!("{reference:?}: tagging needs family:revision"),
-            }
-            .into());
+        let (family, revision) = parse_definition_ref(reference)?;
+        let revision = revision.ok_or_else(|| Invalid {
+            field: "resourceArn".into(),
+            message: format!("{reference:?}: tagging needs family:revision"),
+        })?;
+        let mut refused = None;
+        let def =
+            self.store
+                .retag_task_definition(&tenant.name, family, revision, &mut |tags| {
+                    change.apply(tags).map_err(|e| refused = Some(e)).ok()
+                })?;
+        if let Some(e) = refused {
+            return Err(e.into());
         }
-        let tags = change.apply(&def.tags)?;
-        self.store
-            .set_task_definition_tags(&tenant.name, &def.family, def.revision, &tags)?
-            .ok_or_else(|| ServiceError::NotFound(format!("task definition {reference}")))
+        def.ok_or_else(|| ServiceError::NotFound(format!("task definition {reference}")))
     }
 
     /// Changes a task's tags (see [`Service::retag_task_definition`]).
@@ -318,11 +318,21 @@ impl<E: Executor> Service<E> {
         change: &TagChange,
     ) -> Result<Task, ServiceError> {
         let task = self.task(tenant, id)?;
-        let tags = change.apply(&task.tags)?;
-        self.modify(&task.task_id, move |t| {
-            t.tags = tags;
-            Some(String::new())
-        })
+        let mut refused = None;
+        let task = self.modify(&task.task_id, |t| match change.apply(&t.tags) {
+            Ok(tags) => {
+                t.tags = tags;
+                Some(String::new())
+            }
+            Err(e) => {
+                refused = Some(e);
+                None
+            }
+        })?;
+        match refused {
+            Some(e) => Err(e.into()),
+            None => Ok(task),
+        }
     }
 
     pub fn deregister_task_definition(

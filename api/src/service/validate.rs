@@ -231,6 +231,12 @@ pub fn check_tags(field: &str, tags: &[Tag]) -> Result<(), Invalid> {
                 ),
             ));
         }
+        if tag.key.to_ascii_lowercase().starts_with("aws:") {
+            return Err(invalid(
+                field,
+                format!("tag {:?}: the aws: prefix is reserved", tag.key),
+            ));
+        }
     }
     Ok(())
 }

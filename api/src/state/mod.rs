@@ -125,7 +125,6 @@ pub struct TaskFilter {
 #[derive(Debug, Clone, Default)]
 pub struct DefinitionFilter {
     pub family: Option<String>,
-    pub family_prefix: Option<String>,
     pub status: Option<DefinitionStatus>,
     /// Newest family and revision first (`after` then counts down).
     pub descending: bool,
@@ -179,13 +178,14 @@ pub trait StateStore: Send + Sync + 'static {
         status: FamilyStatus,
         page: &Page,
     ) -> Result<Vec<String>, StateError>;
-    /// Replaces a revision's tags.
-    fn set_task_definition_tags(
+    /// Replaces a revision's tags with what `change` makes of them (nothing changes when it
+    /// gives None), in one transaction.
+    fn retag_task_definition(
         &self,
         tenant: &str,
         family: &str,
         revision: u32,
-        tags: &[Tag],
+        change: &mut dyn FnMut(&[Tag]) -> Option<Vec<Tag>>,
     ) -> Result<Option<TaskDefinition>, StateError>;
     /// Marks a revision INACTIVE.
     fn deregister_task_definition(

@@ -306,26 +306,24 @@ impl StateStore for SqliteStore {
         };
         let (after, order) = if filter.descending {
             (
-                "(family, revision) < (?5, ?6)",
+                "(family, revision) < (?4, ?5)",
                 "family DESC, revision DESC",
             )
         } else {
-            ("(family, revision) > (?5, ?6)", "family, revision")
+            ("(family, revision) > (?4, ?5)", "family, revision")
         };
         let conn = self.conn();
         let mut stmt = conn.prepare(&format!(
             "SELECT body FROM task_definitions
              WHERE tenant = ?1 AND (?2 IS NULL OR family = ?2)
-               AND (?3 IS NULL OR substr(family, 1, length(?3)) = ?3)
-               AND (?4 IS NULL OR status = ?4)
-               AND (?5 IS NULL OR {after})
-             ORDER BY {order} LIMIT ?7"
+               AND (?3 IS NULL OR status = ?3)
+               AND (?4 IS NULL OR {after})
+             ORDER BY {order} LIMIT ?6"
         ))?;
         let rows = stmt.query_map(
             params![
                 tenant,
                 filter.family,
-                filter.family_prefix,
                 filter.status.map(DefinitionStatus::as_str),
                 after_family,
                 after_rev,
@@ -363,16 +361,19 @@ impl StateStore for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn set_task_definition_tags(
+    fn retag_task_definition(
         &self,
         tenant: &str,
         family: &str,
         revision: u32,
-        tags: &[Tag],
+        change: &mut dyn FnMut(&[Tag]) -> Option<Vec<Tag>>,
     ) -> Result<Option<TaskDefinition>, StateError> {
-        self.change_definition(tenant, family, revision, |def| {
-            def.tags = tags.to_vec();
-            true
+        self.change_definition(tenant, family, revision, |def| match change(&def.tags) {
+            Some(tags) => {
+                def.tags = tags;
+                true
+            }
+            None => false,
         })
     }
 
@@ -871,43 +872,30 @@ mod tests {
                 .map(TaskDefinition::key)
                 .collect::<Vec<_>>()
         };
-        let prefix = DefinitionFilter {
-            family_prefix: Some("w".into()),
+        let web = DefinitionFilter {
+            family: Some("web".into()),
             ..Default::default()
         };
-        assert_eq!(all(&prefix), ["web:1", "web:2", "worker:1"]);
+        assert_eq!(all(&web), ["web:1", "web:2"]);
         let down = DefinitionFilter {
             descending: true,
-            ..prefix.clone()
+            ..Default::default()
         };
-        assert_eq!(all(&down), ["worker:1", "web:2", "web:1"]);
-        let next = store
-            .list_task_definitions(
-                "a",
-                &down,
-                &Page {
-                    after: Some("web:2".into()),
-                    limit: 10,
-                },
-            )
-            .unwrap();
+        assert_eq!(all(&down), ["worker:1", "web:2", "web:1", "db:1"]);
+        let page = Page {
+            after: Some("web:2".into()),
+            limit: 10,
+        };
+        let next = store.list_task_definitions("a", &down, &page).unwrap();
         assert_eq!(
             next.iter().map(TaskDefinition::key).collect::<Vec<_>>(),
-            ["web:1"]
+            ["web:1", "db:1"]
         );
         let inactive = DefinitionFilter {
             status: Some(DefinitionStatus::Inactive),
             ..Default::default()
         };
         assert_eq!(all(&inactive), ["db:1"]);
-        assert_eq!(
-            all(&DefinitionFilter {
-                family_prefix: Some("%".into()),
-                ..Default::default()
-            }),
-            Vec::<String>::new(),
-            "a prefix is no LIKE pattern"
-        );
 
         let families = |prefix: Option<&str>, status, after: Option<&str>| {
             store
@@ -932,6 +920,10 @@ mod tests {
             ["web", "worker"]
         );
         assert_eq!(families(Some("wo"), FamilyStatus::All, None), ["worker"]);
+        assert!(
+            families(Some("%"), FamilyStatus::All, None).is_empty(),
+            "a prefix is no LIKE pattern"
+        );
         assert!(store
             .list_families(
                 "b",
@@ -950,7 +942,7 @@ mod tests {
             value: "a".into(),
         }];
         let tagged = store
-            .set_task_definition_tags("a", "web", 2, &tags)
+            .retag_task_definition("a", "web", 2, &mut |_| Some(tags.to_vec()))
             .unwrap()
             .unwrap();
         assert_eq!(tagged.tags, tags);
@@ -964,7 +956,7 @@ mod tests {
         );
         assert!(
             store
-                .set_task_definition_tags("b", "web", 2, &tags)
+                .retag_task_definition("b", "web", 2, &mut |_| Some(tags.to_vec()))
                 .unwrap()
                 .is_none(),
             "another tenant's revision"

@@ -238,7 +238,8 @@ fn describe_task_definition<E: Executor>(ctx: &Ctx<E>, mut f: Fields) -> Result<
 }
 
 fn list_task_definitions<E: Executor>(ctx: &Ctx<E>, mut f: Fields) -> Result<Value, EcsError> {
-    let family_prefix: Option<String> = f.optional("familyPrefix")?;
+    // Despite its name, ECS matches `familyPrefix` here as the whole family name.
+    let family: Option<String> = f.optional("familyPrefix")?;
     let status = match f.optional::<String>("status")?.as_deref() {
         None | Some("ACTIVE") => Some(DefinitionStatus::Active),
         Some("INACTIVE") => Some(DefinitionStatus::Inactive),
@@ -256,10 +257,9 @@ fn list_task_definitions<E: Executor>(ctx: &Ctx<E>, mut f: Fields) -> Result<Val
     let page = shapes::page(&mut f)?;
     f.finish()?;
     let filter = DefinitionFilter {
-        family_prefix,
+        family,
         status,
         descending,
-        ..Default::default()
     };
     let (defs, next) = ctx
         .service
@@ -276,9 +276,9 @@ fn list_task_definition_families<E: Executor>(
 ) -> Result<Value, EcsError> {
     let prefix: Option<String> = f.optional("familyPrefix")?;
     let status = match f.optional::<String>("status")?.as_deref() {
-        None | Some("ACTIVE") => FamilyStatus::Active,
+        Some("ACTIVE") => FamilyStatus::Active,
         Some("INACTIVE") => FamilyStatus::Inactive,
-        Some("ALL") => FamilyStatus::All,
+        None | Some("ALL") => FamilyStatus::All,
         Some(other) => {
             return Err(EcsError::invalid(format!(
                 "status {other:?}: ACTIVE, INACTIVE or ALL"

@@ -196,29 +196,25 @@ async fn task_definitions_register_describe_list_and_deregister() {
     assert_eq!(by_arn["taskDefinition"]["revision"], 1);
     assert_eq!(by_arn["tags"], json!([{"key": "team", "value": "red"}]));
 
+    ok(&app, "a", "RegisterTaskDefinition", definition("webapp")).await;
+    // ECS's familyPrefix is the whole family name: "web" is not "webapp".
     let page = ok(
         &app,
         "a",
         "ListTaskDefinitions",
-        json!({"familyPrefix": "w", "sort": "DESC", "maxResults": 2}),
+        json!({"familyPrefix": "web", "sort": "DESC", "maxResults": 1}),
     )
     .await;
-    let arns: Vec<&str> = page["taskDefinitionArns"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a.as_str().unwrap())
-        .collect();
-    assert_eq!(arns.len(), 2);
+    let arns = page["taskDefinitionArns"].as_array().unwrap();
     assert!(
-        arns[0].ends_with("worker:1") && arns[1].ends_with("web:2"),
+        arns.len() == 1 && arns[0].as_str().unwrap().ends_with("task-definition/web:2"),
         "{arns:?}"
     );
     let rest = ok(
         &app,
         "a",
         "ListTaskDefinitions",
-        json!({"familyPrefix": "w", "sort": "DESC", "nextToken": page["nextToken"]}),
+        json!({"familyPrefix": "web", "sort": "DESC", "nextToken": page["nextToken"]}),
     )
     .await;
     assert!(rest["taskDefinitionArns"][0]
@@ -239,8 +235,20 @@ async fn task_definitions_register_describe_list_and_deregister() {
     .await;
     assert_eq!(gone["taskDefinition"]["status"], "INACTIVE");
     assert!(gone["taskDefinition"]["deregisteredAt"].is_f64());
+    let families = ok(
+        &app,
+        "a",
+        "ListTaskDefinitionFamilies",
+        json!({"status": "ACTIVE", "familyPrefix": "w"}),
+    )
+    .await;
+    assert_eq!(families["families"], json!(["web", "webapp", "worker"]));
     let families = ok(&app, "a", "ListTaskDefinitionFamilies", json!({})).await;
-    assert_eq!(families["families"], json!(["web", "worker"]));
+    assert_eq!(
+        families["families"],
+        json!(["db", "web", "webapp", "worker"]),
+        "ACTIVE and INACTIVE by default"
+    );
     let families = ok(
         &app,
         "a",
@@ -540,6 +548,14 @@ async fn tags_are_added_listed_and_removed() {
     )
     .await;
     assert_eq!(code, "AccessDeniedException");
+    let (_, code, message) = error(
+        &app,
+        "a",
+        "TagResource",
+        json!({"resourceArn": task_arn, "tags": [{"key": "aws:owner", "value": "x"}]}),
+    )
+    .await;
+    assert_eq!(code, "InvalidParameterException", "{message}");
     let many: Vec<Value> = (0..51)
         .map(|i| json!({"key": format!("k{i}"), "value": ""}))
         .collect();

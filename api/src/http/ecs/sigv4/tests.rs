@@ -181,7 +181,14 @@ fn keys_scopes_and_headers_are_checked_before_the_signature() {
         "{r:?}"
     );
     let r = with_auth(&format!(
-        "AWS4-HMAC-SHA256 Credential=AKIDSKIFFTEST/20261130/eu-west-1/ecs/aws4_request, SignedHeaders=host;x-amz-date;x-missing, Signature={sig}"
+        "AWS4-HMAC-SHA256 Credential=AKIDSKIFFTEST/20261130/eu-west-1/ecs/aws4_request, SignedHeaders=content-type;host;x-amz-date, Signature={sig}"
+    ));
+    assert!(
+        matches!(&r, Err(AuthError::Invalid(m)) if m.contains("'x-amz-target'")),
+        "the action must be signed: {r:?}"
+    );
+    let r = with_auth(&format!(
+        "AWS4-HMAC-SHA256 Credential=AKIDSKIFFTEST/20261130/eu-west-1/ecs/aws4_request, SignedHeaders=host;x-amz-date;x-amz-target;x-missing, Signature={sig}"
     ));
     assert!(
         matches!(&r, Err(AuthError::Invalid(m)) if m.contains("x-missing")),
