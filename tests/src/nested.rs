@@ -38,7 +38,7 @@ const HEARTBEAT: &str = "nested: alive";
 
 /// What the console shows when QEMU's emulated SVM failed the run rather than the code under
 /// test: the nested host's own kernel crashing (its DMI name is QEMU's q35), or a guest triple
-/// fault — both seen under heavy guest network load (see `../shared/notes/nested-host.md`).
+/// fault — both seen under heavy guest network load (see `docs/testing.md`).
 /// (The nested host's oops may be cut short before its DMI line, hence its first line too.)
 pub const EMULATION_CRASHES: [&str; 3] = [
     "Hardware name: QEMU Standard PC (Q35",

@@ -5,7 +5,7 @@
 //! listens there; once guest-init has said `Hello`, [`GuestControl`] runs commands in the guest
 //! and collects their output and exit status.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
@@ -44,14 +44,23 @@ pub enum ControlError {
     StopUnanswered(Duration),
     #[error("stopped again while stopping: giving up on the container")]
     Aborted,
+    #[error("the command did not end within {0:?}")]
+    ExecTimeout(Duration),
+    #[error("the command's {0} went past {MAX_EXEC_OUTPUT} bytes")]
+    OutputTooLarge(&'static str),
 }
 
 /// How long guest-init may take to say hello once connected.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long past its stop timeout a container may take to be reported gone.
 const STOP_GRACE: Duration = Duration::from_secs(30);
-/// How long guest-init may take to close the channel after `Shutdown`.
+/// How long guest-init may take to close the channel after `Shutdown` (in all, however it
+/// trickles bytes meanwhile).
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a command run with [`GuestControl::exec`] may take.
+pub const EXEC_TIMEOUT: Duration = Duration::from_secs(600);
+/// The most output of each stream [`GuestControl::exec`] collects.
+pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
 
 /// Where guest-init's connection arrives for a VMM whose vsock socket is `vsock_uds`.
 pub fn control_socket_path(vsock_uds: &Path) -> PathBuf {
@@ -168,15 +177,18 @@ pub struct GuestControl {
 }
 
 impl GuestControl {
-    /// Runs `argv` in the guest, passing each piece of output to `on_output` as it arrives;
-    /// returns how the command ended and the error guest-init reported, if any.
+    /// Runs `argv` in the guest, passing each piece of output to `on_output` as it arrives
+    /// (an `Err` from it ends the wait); returns how the command ended and the error
+    /// guest-init reported, if any. Fails once `timeout` has passed.
     pub fn exec_streaming(
         &mut self,
         argv: &[String],
         env: &[String],
         cwd: &str,
-        mut on_output: impl FnMut(Stream, &[u8]),
+        timeout: Duration,
+        mut on_output: impl FnMut(Stream, &[u8]) -> Result<(), ControlError>,
     ) -> Result<(ExitStatus, Option<String>), ControlError> {
+        let deadline = std::time::Instant::now() + timeout;
         let id = self.next_id;
         self.next_id = self.next_id.wrapping_add(1).max(1);
         write_message(
@@ -189,28 +201,52 @@ impl GuestControl {
             },
         )?;
         let mut error = None;
+        let mut frames = FrameReader::new();
+        let mut buf = vec![0u8; 64 << 10];
         loop {
-            match read_message(&mut self.stream)?.ok_or(ControlError::Closed)? {
-                Message::Output {
-                    id: oid,
-                    stream,
-                    data,
-                } if oid == id => on_output(stream, &data),
-                Message::Exited { id: eid, status } if eid == id => return Ok((status, error)),
-                Message::Error { id: eid, message } if eid == id => error = Some(message),
-                Message::Error { id: 0, message } => return Err(ControlError::Guest(message)),
-                _ => {}
+            while let Some(msg) = frames.next_message()? {
+                match msg {
+                    Message::Output {
+                        id: oid,
+                        stream,
+                        data,
+                    } if oid == id => on_output(stream, &data)?,
+                    Message::Exited { id: eid, status } if eid == id => return Ok((status, error)),
+                    Message::Error { id: eid, message } if eid == id => error = Some(message),
+                    Message::Error { id: 0, message } => return Err(ControlError::Guest(message)),
+                    _ => {}
+                }
+            }
+            let mut fds = [poll::readable(self.stream.as_raw_fd())];
+            poll::wait(&mut fds, Some(deadline))?;
+            if std::time::Instant::now() >= deadline {
+                return Err(ControlError::ExecTimeout(timeout));
+            }
+            if fds[0].revents != 0 {
+                let got = self.stream.read(&mut buf)?;
+                if got == 0 {
+                    return Err(ControlError::Closed);
+                }
+                frames.push(&buf[..got]);
             }
         }
     }
 
-    /// Runs `argv` in the guest and collects its output.
+    /// Runs `argv` in the guest and collects its output (at most [`MAX_EXEC_OUTPUT`] bytes of
+    /// each stream, within [`EXEC_TIMEOUT`]).
     pub fn exec(&mut self, argv: &[String]) -> Result<CommandOutput, ControlError> {
         let mut stdout = Vec::new();
         let mut stderr = Vec::new();
-        let (status, error) = self.exec_streaming(argv, &[], "/", |s, d| match s {
-            Stream::Stdout => stdout.extend_from_slice(d),
-            Stream::Stderr => stderr.extend_from_slice(d),
+        let (status, error) = self.exec_streaming(argv, &[], "/", EXEC_TIMEOUT, |s, d| {
+            let (out, name) = match s {
+                Stream::Stdout => (&mut stdout, "stdout"),
+                Stream::Stderr => (&mut stderr, "stderr"),
+            };
+            if out.len() + d.len() > MAX_EXEC_OUTPUT {
+                return Err(ControlError::OutputTooLarge(name));
+            }
+            out.extend_from_slice(d);
+            Ok(())
         })?;
         Ok(CommandOutput {
             stdout,
@@ -241,6 +277,7 @@ impl GuestControl {
             },
         )?;
         let mut reason = None;
+        let mut started = false;
         let mut stop_sent = false;
         let mut stop_deadline: Option<std::time::Instant> = None;
         let stop_wait = Duration::from_millis(u64::from(spec.stop_timeout_ms)) + STOP_GRACE;
@@ -254,7 +291,9 @@ impl GuestControl {
                         stream,
                         data,
                     } if oid == id => on_event(ContainerEvent::Output(stream, &data)),
-                    Message::Started { id: sid, boot_ms } if sid == id => {
+                    // Once: a guest repeating it does not make the host measure again.
+                    Message::Started { id: sid, boot_ms } if sid == id && !started => {
+                        started = true;
                         on_event(ContainerEvent::Started { boot_ms })
                     }
                     Message::Error { id: eid, message } if eid == id => reason = Some(message),
@@ -306,14 +345,33 @@ impl GuestControl {
         Ok(())
     }
 
-    /// Asks guest-init to power the guest off.
-    pub fn shutdown(mut self) -> Result<(), ControlError> {
+    /// Asks guest-init to power the guest off and waits — [`SHUTDOWN_TIMEOUT`] at most in all,
+    /// and no longer once `stop` becomes readable — for it to close its end.
+    pub fn shutdown(self, stop: Option<BorrowedFd<'_>>) -> Result<(), ControlError> {
+        self.shutdown_within(stop, SHUTDOWN_TIMEOUT)
+    }
+
+    fn shutdown_within(
+        mut self,
+        stop: Option<BorrowedFd<'_>>,
+        timeout: Duration,
+    ) -> Result<(), ControlError> {
         write_message(&mut self.stream, &Message::Shutdown)?;
-        // Wait (a while) for guest-init to close its end (the guest is going down).
-        self.stream.set_read_timeout(Some(SHUTDOWN_TIMEOUT))?;
-        let mut buf = [0u8; 64];
-        while matches!(self.stream.read(&mut buf), Ok(n) if n > 0) {}
-        let _ = self.stream.flush();
+        let deadline = std::time::Instant::now() + timeout;
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < deadline {
+            let mut fds = vec![poll::readable(self.stream.as_raw_fd())];
+            if let Some(fd) = stop {
+                fds.push(poll::readable(fd.as_raw_fd()));
+            }
+            poll::wait(&mut fds, Some(deadline))?;
+            if fds.get(1).is_some_and(|p| p.revents != 0) {
+                break;
+            }
+            if fds[0].revents != 0 && matches!(self.stream.read(&mut buf), Ok(0) | Err(_)) {
+                break;
+            }
+        }
         Ok(())
     }
 }
@@ -321,6 +379,8 @@ impl GuestControl {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
+    use std::os::fd::AsFd;
 
     fn temp(name: &str) -> PathBuf {
         std::env::temp_dir().join(format!("skiff-ctl-{name}-{}", std::process::id()))
@@ -368,8 +428,94 @@ mod tests {
         assert_eq!(out.stdout, b"hi\n");
         assert_eq!(out.stderr, b"warn\n");
         assert_eq!(out.status, ExitStatus::Code(3));
-        ctl.shutdown().unwrap();
+        ctl.shutdown(None).unwrap();
         guest.join().unwrap();
+    }
+
+    /// A connected pair: the host's `GuestControl` and the guest's end.
+    fn connected(name: &str) -> (GuestControl, UnixStream) {
+        let uds = temp(name);
+        let listener = ControlListener::bind(&uds).unwrap();
+        let mut guest = UnixStream::connect(control_socket_path(&uds)).unwrap();
+        let hello = Message::Hello {
+            version: 1,
+            boot_ms: 1,
+            kernel: "6.1.0".into(),
+        };
+        write_message(&mut guest, &hello).unwrap();
+        (listener.accept(Duration::from_secs(5)).unwrap(), guest)
+    }
+
+    #[test]
+    fn a_guest_trickling_bytes_cannot_hold_the_shutdown_past_its_deadline() {
+        let (ctl, mut guest) = connected("trickle");
+        let trickler = std::thread::spawn(move || {
+            // A byte every 50 ms for far longer than the deadline, never closing.
+            for _ in 0..100 {
+                if guest.write_all(b"x").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let started = std::time::Instant::now();
+        ctl.shutdown_within(None, Duration::from_millis(300))
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{:?}",
+            started.elapsed()
+        );
+        trickler.join().unwrap();
+    }
+
+    #[test]
+    fn a_stop_request_ends_the_shutdown_wait_at_once() {
+        let (ctl, _guest) = connected("stopwait");
+        let (stop_read, mut stop_write) = UnixStream::pair().unwrap();
+        stop_write.write_all(b"!").unwrap();
+        let started = std::time::Instant::now();
+        ctl.shutdown_within(Some(stop_read.as_fd()), Duration::from_secs(60))
+            .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[test]
+    fn exec_output_is_bounded_and_exec_has_a_deadline() {
+        let (mut ctl, mut guest) = connected("flood");
+        let flood = std::thread::spawn(move || {
+            let Ok(Some(Message::Exec { id, .. })) = read_message(&mut guest) else {
+                panic!("expected Exec");
+            };
+            let data = vec![b'y'; 1 << 20];
+            for _ in 0..(MAX_EXEC_OUTPUT >> 20) + 2 {
+                let m = Message::Output {
+                    id,
+                    stream: Stream::Stdout,
+                    data: data.clone(),
+                };
+                if write_message(&mut guest, &m).is_err() {
+                    break;
+                }
+            }
+            guest
+        });
+        assert!(matches!(
+            ctl.exec(&["yes".into()]),
+            Err(ControlError::OutputTooLarge("stdout"))
+        ));
+        drop(ctl);
+        let _guest = flood.join().unwrap();
+
+        let (mut ctl, _silent) = connected("slow");
+        let r = ctl.exec_streaming(
+            &["sleep".into()],
+            &[],
+            "/",
+            Duration::from_millis(200),
+            |_, _| Ok(()),
+        );
+        assert!(matches!(r, Err(ControlError::ExecTimeout(_))), "{r:?}");
     }
 
     #[test]

@@ -667,7 +667,7 @@ pub fn run_task(
         })
         .map_err(|e| after_hello_failure(&mut vmm, e, &vmm_log_path, &console))?;
     let to_exited = start.elapsed();
-    control.shutdown()?;
+    control.shutdown(stop)?;
     // A jailer's peak RSS includes its reaped VMM's.
     let vmm_max_rss_kib = wait_vmm(&mut vmm, VMM_EXIT_TIMEOUT);
     let to_vmm_exit = start.elapsed();

@@ -327,7 +327,7 @@ fn control(uds: &Path, steps: &[String]) -> Result<()> {
             }
         }
     }
-    ctl.shutdown()?;
+    ctl.shutdown(None)?;
     if failed > 0 {
         bail!("{failed} step(s) failed");
     }
