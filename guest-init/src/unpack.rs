@@ -191,6 +191,17 @@ fn set_mtime(path: &Path, mtime: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// A symlink made with the umask off: ext4 applies the process's umask to a new symlink's mode
+/// (which cannot be changed afterwards), and images expect `lrwxrwxrwx` as Docker gives them.
+fn symlink_unmasked(target: &Path, path: &Path) -> std::io::Result<()> {
+    // SAFETY: umask only swaps the process's file-creation mask.
+    let before = unsafe { libc::umask(0) };
+    let made = std::os::unix::fs::symlink(target, path);
+    // SAFETY: as above, restoring the mask.
+    unsafe { libc::umask(before) };
+    made
+}
+
 /// Unpacks one layer onto `root`. `chown` is false when not running as root (host unit tests).
 pub fn unpack_layer(
     root: &Path,
@@ -271,7 +282,7 @@ pub fn unpack_layer(
                     .link_name()
                     .map_err(UnpackError::Tar)?
                     .ok_or_else(|| UnpackError::Traversal(rel.display().to_string()))?;
-                std::os::unix::fs::symlink(&target, &path).map_err(io_err(&rel))?;
+                symlink_unmasked(&target, &path).map_err(io_err(&rel))?;
             } else if kind.is_hard_link() {
                 let bad = |t: &Path| UnpackError::BadHardLink {
                     entry: rel.display().to_string(),
@@ -309,7 +320,8 @@ pub fn unpack_layer(
             } else {
                 continue; // pax headers and the like carry no file
             }
-            if !kind.is_symlink() && !kind.is_hard_link() {
+            // Symlinks too: utimensat with AT_SYMLINK_NOFOLLOW sets the link's own times.
+            if !kind.is_hard_link() {
                 set_mtime(&path, mtime).map_err(io_err(&rel))?;
             }
         }
@@ -558,6 +570,25 @@ mod tests {
                 "{name}"
             );
         }
+        fs::remove_dir_all(r).unwrap();
+    }
+
+    #[test]
+    fn symlinks_keep_their_mtime_and_full_mode() {
+        let r = root("symlinks");
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_mode(0o777);
+        h.set_mtime(1_234_567);
+        h.set_size(0);
+        b.append_link(&mut h, "link", "target/elsewhere").unwrap();
+        let layer = b.into_inner().unwrap();
+        unpack_layer(&r, &layer[..], Compression::None, false).unwrap();
+        let m = fs::symlink_metadata(r.join("link")).unwrap();
+        assert!(m.file_type().is_symlink());
+        assert_eq!(m.mtime(), 1_234_567, "the link's own mtime");
+        assert_eq!(m.mode() & 0o777, 0o777, "no umask on the link");
         fs::remove_dir_all(r).unwrap();
     }
 }

@@ -152,6 +152,15 @@ fn pivot(root: &Path) -> Result<(), StepError> {
     })?;
     let root_s = root.to_str().unwrap_or_default();
     mount(root_s, root, "", libc::MS_BIND | libc::MS_REC, "")?;
+    // Device nodes a layer carries stay inert: the container's devices are the /dev tmpfs
+    // mounted over it (as rootless runtimes do).
+    mount(
+        "",
+        root,
+        "",
+        libc::MS_REMOUNT | libc::MS_BIND | libc::MS_NODEV,
+        "",
+    )?;
     let root_c = c(root);
     let dot = c(Path::new("."));
     // SAFETY: valid NUL-terminated strings; pivot_root has no wrapper in libc, so the raw
@@ -182,15 +191,8 @@ fn mount_pseudo_filesystems() -> Result<(), StepError> {
         base | libc::MS_RDONLY,
         "",
     )?;
-    populate_dev()?;
-    mkdir_p(Path::new("/tmp"), 0o1777)?;
-    mount(
-        "tmpfs",
-        Path::new("/tmp"),
-        "tmpfs",
-        libc::MS_NOSUID | libc::MS_NODEV,
-        "mode=1777",
-    )
+    // /tmp is the image's, on the task's disk, as Docker and ECS leave it (no tmpfs over it).
+    populate_dev()
 }
 
 fn become_user(creds: &Credentials) -> Result<(), StepError> {
