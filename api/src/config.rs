@@ -34,6 +34,7 @@
 //!
 //! [registries."127.0.0.1:5000"]
 //! plain_http = true
+//! # token_hosts = ["auth.example"]       # other hosts whose token service may get credentials
 //!
 //! [credentials.private-registry]         # repositoryCredentials.credentialsParameter
 //! username = "u"
@@ -149,6 +150,10 @@ pub struct RegistryConfig {
     #[serde(default)]
     pub plain_http: bool,
     pub ca_file: Option<PathBuf>,
+    /// Hosts besides the registry's own whose token service may receive its credentials (over
+    /// HTTPS), e.g. `["auth.docker.io"]`.
+    #[serde(default)]
+    pub token_hosts: Vec<String>,
 }
 
 /// Named registry credentials: sent only to `registry`, usable only by `tenants`.

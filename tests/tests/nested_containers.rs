@@ -72,7 +72,10 @@ fn containers_run_from_images_in_their_own_microvms() {
             "run --image layers:latest -- sh -c 'pwd; echo $FOO; ls -A | busybox sort | \
              busybox tr \"\\n\" \" \"; echo; cat keep; echo; ls -A dir; \
              [ $(busybox stat -c %i hl-src) = $(busybox stat -c %i hl-dst) ] && echo same-inode; \
-             busybox readlink sym; busybox stat -c \"%u:%g %a\" owned'"
+             busybox readlink sym; busybox stat -c \"%u:%g %a\" owned; \
+             busybox stat -c \"%A %Y\" sym; \
+             busybox awk \"\\$2 == \\\"/\\\" { print \\$4 }\" /proc/mounts | busybox grep -o nodev | busybox head -n 1; \
+             echo tmp-mounts $(busybox awk \"\\$2 == \\\"/tmp\\\"\" /proc/mounts | busybox wc -l)'"
                 .into(),
         ),
         (
@@ -183,6 +186,11 @@ fn containers_run_from_images_in_their_own_microvms() {
             "same-inode",
             "keep",
             "1000:1000 640",
+            // Symlinks as Docker gives them (no umask, the layer's mtime); the root nodev;
+            // /tmp the image's own directory, no tmpfs over it.
+            "lrwxrwxrwx 1700000000",
+            "nodev",
+            "tmp-mounts 0",
         ],
         "{out}"
     );

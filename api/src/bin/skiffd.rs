@@ -103,6 +103,7 @@ fn executor_settings(config: &Config, data: &Path) -> LocalSettings {
                     RegistrySettings {
                         plain_http: r.plain_http,
                         ca_file: r.ca_file.clone(),
+                        token_hosts: r.token_hosts.clone(),
                     },
                 )
             })

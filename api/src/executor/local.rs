@@ -47,6 +47,8 @@ pub struct JailerSettings {
 pub struct RegistrySettings {
     pub plain_http: bool,
     pub ca_file: Option<PathBuf>,
+    /// Other hosts whose token service may receive this registry's credentials.
+    pub token_hosts: Vec<String>,
 }
 
 /// Everything the local executor is configured with.
@@ -219,6 +221,7 @@ impl Executor for LocalExecutor {
             plain_http: registry.is_some_and(|r| r.plain_http),
             ca_file: registry.and_then(|r| r.ca_file.clone()),
             credentials,
+            token_hosts: registry.map(|r| r.token_hosts.clone()).unwrap_or_default(),
         };
         pull(&store, &reference, image, &options).map_err(|e| ExecError::Pull(e.to_string()))?;
         Ok(())

@@ -43,6 +43,10 @@ enum Command {
         /// Reads the password from the first line of standard input.
         #[arg(long, requires = "username")]
         password_stdin: bool,
+        /// A host besides the registry's whose token service may receive the credentials
+        /// (HTTPS only; repeat for more).
+        #[arg(long = "token-host", value_name = "HOST[:PORT]")]
+        token_hosts: Vec<String>,
     },
     /// Imports the OCI image layout in DIR as NAME (every blob checked against its digest).
     Import { dir: PathBuf, name: String },
@@ -74,6 +78,7 @@ fn main() -> anyhow::Result<()> {
             ca_file,
             username,
             password_stdin,
+            token_hosts,
         } => {
             let reference: Reference = reference.parse()?;
             let credentials = match (username, password_stdin) {
@@ -89,6 +94,7 @@ fn main() -> anyhow::Result<()> {
                 plain_http,
                 ca_file,
                 credentials,
+                token_hosts,
             };
             let name = name.unwrap_or_else(|| reference.to_string());
             let (record, report) = pull(&store, &reference, &name, &options)?;

@@ -3,8 +3,10 @@
 //! A reference is `HOST[:PORT]/REPOSITORY[:TAG][@sha256:…]`; there is no default registry, so the
 //! host must be given. HTTPS by default (rustls, the Mozilla roots plus an optional CA file),
 //! plain HTTP when asked for. A 401 answered with a `Bearer` challenge fetches a token from its
-//! realm (with the credentials, if any) and retries; a `Basic` challenge retries with the
-//! credentials.
+//! realm and retries; a `Basic` challenge retries with the credentials. Credentials go to a
+//! token realm only over HTTPS on the registry's own host or a host the user allowed
+//! ([`PullOptions::token_hosts`]) — or over plain HTTP to the registry's own host when the user
+//! chose plain HTTP for it; a realm elsewhere is asked for an anonymous token only.
 //!
 //! The manifest is asked for in the OCI and Docker v2 media types; an index or manifest list
 //! resolves to its linux/amd64 manifest, as for an OCI layout (`oci::fetch_image`, shared). Every
@@ -194,6 +196,9 @@ pub struct PullOptions {
     pub ca_file: Option<PathBuf>,
     /// For a `Basic` challenge, or sent to a `Bearer` challenge's token service.
     pub credentials: Option<Credentials>,
+    /// Hosts (`host[:port]`) besides the registry's own whose token service may receive the
+    /// credentials (e.g. `auth.docker.io` for `registry-1.docker.io`), over HTTPS.
+    pub token_hosts: Vec<String>,
 }
 
 /// What a pull transferred.
@@ -305,6 +310,11 @@ pub fn pull(
 /// Talks to one repository of a registry, keeping the authorization it earned.
 struct Client<'a> {
     agent: ureq::Agent,
+    /// `host[:port]` of the registry, whether it is plain HTTP, and the other hosts whose token
+    /// service may have the credentials.
+    registry: String,
+    plain_http: bool,
+    token_hosts: &'a [String],
     /// `https://host:port/v2/repository`
     base: String,
     repository: String,
@@ -332,6 +342,9 @@ impl<'a> Client<'a> {
         };
         Ok(Self {
             agent: builder.build(),
+            registry: reference.registry.clone(),
+            plain_http: options.plain_http,
+            token_hosts: &options.token_hosts,
             base: format!(
                 "{scheme}://{}/v2/{}",
                 reference.registry, reference.repository
@@ -417,7 +430,20 @@ impl<'a> Client<'a> {
             .unwrap_or_else(|| format!("repository:{}:pull", self.repository));
         request = request.query("scope", &scope);
         if let Some(c) = self.credentials {
-            request = request.set("Authorization", &c.basic());
+            match realm_may_have_credentials(
+                realm,
+                &self.registry,
+                self.plain_http,
+                self.token_hosts,
+            ) {
+                Ok(()) => request = request.set("Authorization", &c.basic()),
+                Err(why) => {
+                    return Err(Answer::Failed(RegistryError::Token {
+                        url: realm.clone(),
+                        message: format!("credentials not sent: {why}"),
+                    }))
+                }
+            }
         }
         let failed = |message: String| {
             Answer::Failed(RegistryError::Token {
@@ -707,6 +733,46 @@ fn http_error(url: &str, e: ureq::Error) -> RegistryError {
     }
 }
 
+/// Whether a token realm may receive the credentials meant for `registry`: over HTTPS to the
+/// registry's host or one of `token_hosts`; over plain HTTP only to the registry's own host, and
+/// only when the user chose plain HTTP for it.
+fn realm_may_have_credentials(
+    realm: &str,
+    registry: &str,
+    plain_http: bool,
+    token_hosts: &[String],
+) -> Result<(), String> {
+    let (scheme, rest) = realm
+        .split_once("://")
+        .ok_or_else(|| format!("the realm {realm:?} is no URL"))?;
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err(format!("the realm {realm:?} carries user information"));
+    }
+    let host_of = |a: &str| {
+        a.rsplit_once(':')
+            .filter(|(_, p)| p.chars().all(|c| c.is_ascii_digit()))
+            .map_or(a, |(h, _)| h)
+            .to_ascii_lowercase()
+    };
+    let same_host = host_of(authority) == host_of(registry);
+    let allowed = token_hosts.iter().any(|h| {
+        h.eq_ignore_ascii_case(authority) || host_of(h) == host_of(authority) && !h.contains(':')
+    });
+    match scheme.to_ascii_lowercase().as_str() {
+        "https" if same_host || allowed => Ok(()),
+        "https" => Err(format!(
+            "the token service {authority} is not the registry's host {registry} (allow it in the registry's token_hosts)"
+        )),
+        "http" if plain_http && same_host => Ok(()),
+        "http" => Err(format!(
+            "the token service {authority} is plain HTTP{}",
+            if same_host { " and the registry is not" } else { " on another host" }
+        )),
+        other => Err(format!("the realm's scheme {other:?} is neither https nor http")),
+    }
+}
+
 /// `: CODE: message` from a registry's error body (`{"errors":[{"code","message"}]}`), else
 /// `: ` and the start of the body, else nothing.
 fn error_message(response: ureq::Response) -> String {
@@ -729,7 +795,13 @@ fn error_message(response: ureq::Response) -> String {
             .map(|e| format!("{}: {}", e.code, e.message))
             .collect();
         if !text.is_empty() {
-            return format!(": {}", text.join("; "));
+            let text: String = text
+                .join("; ")
+                .chars()
+                .filter(|c| !c.is_control())
+                .take(300)
+                .collect();
+            return format!(": {text}");
         }
     }
     let text: String = String::from_utf8_lossy(&body)
@@ -1031,6 +1103,7 @@ mod tests {
 
     fn plain(credentials: Option<Credentials>) -> PullOptions {
         PullOptions {
+            token_hosts: Vec::new(),
             plain_http: true,
             ca_file: None,
             credentials,
@@ -1343,6 +1416,81 @@ mod tests {
             let err = bad.parse::<Reference>().unwrap_err();
             assert!(err.to_string().contains(why), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn credentials_go_only_to_realms_the_user_trusts() {
+        let ok = |realm: &str, plain: bool, hosts: &[&str]| {
+            let hosts: Vec<String> = hosts.iter().map(|h| h.to_string()).collect();
+            realm_may_have_credentials(realm, "reg.example:5000", plain, &hosts)
+        };
+        assert!(
+            ok("https://reg.example/token", false, &[]).is_ok(),
+            "the registry's host"
+        );
+        assert!(ok("https://REG.example:443/token?x=1", false, &[]).is_ok());
+        assert!(
+            ok("https://auth.example/token", false, &[]).is_err(),
+            "another host"
+        );
+        assert!(
+            ok("https://auth.example/token", false, &["auth.example"]).is_ok(),
+            "allowed"
+        );
+        assert!(ok("https://auth.example:8443/t", false, &["auth.example:8443"]).is_ok());
+        assert!(ok("https://auth.example:8443/t", false, &["auth.example:9000"]).is_err());
+        assert!(
+            ok("http://reg.example:5000/token", true, &[]).is_ok(),
+            "plain registry"
+        );
+        assert!(
+            ok("http://reg.example/token", false, &[]).is_err(),
+            "plain realm, TLS registry"
+        );
+        assert!(
+            ok("http://auth.example/token", true, &["auth.example"]).is_err(),
+            "plain, elsewhere"
+        );
+        assert!(
+            ok("https://reg.example@evil.example/token", false, &[]).is_err(),
+            "userinfo"
+        );
+        assert!(ok("ftp://reg.example/token", false, &[]).is_err());
+        assert!(ok("reg.example/token", false, &[]).is_err());
+    }
+
+    #[test]
+    fn a_token_realm_on_another_host_gets_no_credentials() {
+        let (root, store) = temp_store("realm-elsewhere");
+        let registry = TestRegistry::start(Auth::Bearer);
+        let index = json!({"schemaVersion": 2, "mediaType": MEDIA_OCI_INDEX,
+            "manifests": [registry.image("amd64", MEDIA_OCI_MANIFEST, &[(MEDIA_LAYER_TAR, b"x")])]})
+        .to_string();
+        registry.manifest("1.0", MEDIA_OCI_INDEX, index.as_bytes());
+        // The realm names 127.0.0.1; reached as "localhost", the registry is another host.
+        let reference = registry.reference("test/img:1.0");
+        let elsewhere = Reference {
+            registry: reference.registry.replace("127.0.0.1", "localhost"),
+            ..reference.clone()
+        };
+        let mut options = plain(Some(alice()));
+        let err = pull(&store, &elsewhere, "img:1", &options).unwrap_err();
+        assert!(err.to_string().contains("credentials not sent"), "{err}");
+        assert!(
+            registry.requests().iter().all(|r| !r.contains("/token")),
+            "no token request: {:?}",
+            registry.requests()
+        );
+        // Allowed, it gets them (over plain HTTP only because it is the registry's own host
+        // by address and the registry is plain HTTP: here the allowed host list names it).
+        options.token_hosts = vec!["127.0.0.1".to_owned()];
+        let err = pull(&store, &elsewhere, "img:1", &options).unwrap_err();
+        assert!(
+            err.to_string().contains("plain HTTP on another host"),
+            "{err}"
+        );
+        pull(&store, &reference, "img:1", &plain(Some(alice()))).unwrap();
+        let _ = std::fs::remove_dir_all(root);
     }
 
     #[test]
