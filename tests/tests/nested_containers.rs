@@ -115,7 +115,7 @@ fn containers_run_from_images_in_their_own_microvms() {
                  run --jailer /skiff/skiff-jailer --uid 10001 --gid 10001 {bb} -- \
                  sh -c 'echo jailed-hello; exit 4'; s=$?\n\
                  echo \"jails-left $(ls /srv/jailer/skiff-vmm | wc -l)\"\n\
-                 echo \"task-dirs-left $(ls /run/skiff | wc -l)\"\n\
+                 echo \"task-dirs-left $(ls /var/lib/skiff/tasks | wc -l)\"\n\
                  (exit $s)"
             ),
         ),

@@ -432,7 +432,76 @@ fn serial_writer(out: &SerialOutput) -> Result<Option<Box<dyn Write + Send>>, Mi
                 path: path.clone(),
                 source,
             })?;
-            Some(Box::new(LineWriter::new(file)))
+            Some(Box::new(Capped::new(
+                LineWriter::new(file),
+                CONSOLE_LOG_MAX,
+            )))
         }
     })
+}
+
+/// The most bytes of guest console output written to a console log file: a guest flooding its
+/// console cannot fill the host's disk (the log keeps the boot and what followed, up to here).
+pub const CONSOLE_LOG_MAX: u64 = 16 << 20;
+
+/// What the console log says, once, where the cap cut it.
+const CONSOLE_LOG_CUT: &[u8] = b"\n[skiff-vmm: console log cap reached; further output dropped]\n";
+
+/// A writer that passes on the first `left` bytes, notes once that it dropped the rest, and
+/// drops the rest.
+struct Capped<W> {
+    inner: W,
+    left: u64,
+    noted: bool,
+}
+
+impl<W: Write> Capped<W> {
+    fn new(inner: W, max: u64) -> Self {
+        Self {
+            inner,
+            left: max,
+            noted: false,
+        }
+    }
+}
+
+impl<W: Write> Write for Capped<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            if !self.noted {
+                self.noted = true;
+                self.inner.write_all(CONSOLE_LOG_CUT)?;
+                self.inner.flush()?;
+            }
+            return Ok(buf.len());
+        }
+        let take = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let written = self.inner.write(&buf[..take])?;
+        self.left -= written as u64;
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+#[cfg(test)]
+mod capped_tests {
+    use super::*;
+
+    #[test]
+    fn a_flooded_console_log_stops_at_its_cap_and_says_so_once() {
+        let mut log = Capped::new(Vec::new(), 1000);
+        for _ in 0..100 {
+            log.write_all(&[b'x'; 64]).unwrap();
+        }
+        log.flush().unwrap();
+        let text = String::from_utf8(log.inner).unwrap();
+        assert_eq!(text.matches('x').count(), 1000);
+        assert_eq!(text.matches("console log cap reached").count(), 1);
+        assert!(text.len() < 1100, "{}", text.len());
+    }
 }

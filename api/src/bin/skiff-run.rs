@@ -80,8 +80,9 @@ struct Args {
     /// The guest initramfs with guest-init.
     #[arg(long, default_value = "/var/lib/skiff/initramfs.cpio")]
     initramfs: PathBuf,
-    /// Where task directories (scratch disk, sockets, console log) are made.
-    #[arg(long, default_value = "/run/skiff")]
+    /// Where task directories (scratch disk, sockets, console log) are made: on disk, not a
+    /// tmpfs, whose pages a guest filling its scratch disk would take from the host's RAM.
+    #[arg(long, default_value = "/var/lib/skiff/tasks")]
     run_dir: PathBuf,
     /// Run the VMM in a jail made by this skiff-jailer (then --vmm must be a static skiff-vmm,
     /// and --uid and --gid are required).
