@@ -68,6 +68,9 @@ impl From<ServiceError> for ApiError {
             ServiceError::Refused(Refusal::Quota { .. }) => {
                 Self::new(StatusCode::CONFLICT, "QuotaExceeded", message)
             }
+            ServiceError::Refused(Refusal::ClientTokenUsed) => {
+                Self::new(StatusCode::CONFLICT, "Conflict", message)
+            }
             ServiceError::Refused(Refusal::Uids) => {
                 Self::new(StatusCode::CONFLICT, "CapacityExceeded", message)
             }

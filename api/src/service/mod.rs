@@ -104,6 +104,10 @@ pub struct RunTaskInput {
     pub tags: Vec<Tag>,
     #[serde(default)]
     pub overrides: TaskOverrides,
+    /// Idempotency: a RunTask repeated with the same token answers the tasks the first one
+    /// started (1-64 printable characters).
+    #[serde(default)]
+    pub client_token: Option<String>,
 }
 
 /// A change of a resource's tags.
@@ -362,6 +366,16 @@ impl<E: Executor> Service<E> {
             validate::started_by(s)?;
         }
         validate::check_tags("tags", &input.tags)?;
+        if let Some(token) = &input.client_token {
+            let printable = token.chars().all(|c| c.is_ascii_graphic());
+            if !(1..=64).contains(&token.len()) || !printable {
+                return Err(Invalid {
+                    field: "clientToken".into(),
+                    message: "1-64 printable characters".into(),
+                }
+                .into());
+            }
+        }
         let def = self.task_definition(tenant, &input.task_definition)?;
         if def.status != model::DefinitionStatus::Active {
             return Err(Invalid {
@@ -410,6 +424,7 @@ impl<E: Executor> Service<E> {
                 stopping_at: None,
                 stopped_at: None,
                 jail_uid: 0,
+                client_token: input.client_token.clone(),
                 version: 1,
             })
             .collect();
@@ -422,10 +437,17 @@ impl<E: Executor> Service<E> {
             uid_base: self.settings.uid_base,
             uid_count: self.settings.uid_count,
         };
-        let tasks = self
+        let tasks = match self
             .store
             .create_tasks(tasks, &admission, "RunTask accepted")?
-            .map_err(ServiceError::Refused)?;
+        {
+            Ok(tasks) => tasks,
+            Err(Refusal::ClientTokenUsed) => {
+                let token = input.client_token.as_deref().unwrap_or_default();
+                return Ok(self.store.tasks_with_client_token(&tenant.name, token)?);
+            }
+            Err(refusal) => return Err(ServiceError::Refused(refusal)),
+        };
         for task in &tasks {
             self.notify(&task.task_id);
             lifecycle::spawn_launch(self.clone(), task.task_id.clone());

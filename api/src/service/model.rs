@@ -375,6 +375,9 @@ pub struct Task {
     /// The jail's uid (and gid) the task's VMM runs as (internal).
     #[serde(skip_serializing, default)]
     pub jail_uid: u32,
+    /// The RunTask's idempotency token (ECS's `clientToken`), if it had one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_token: Option<String>,
     /// Bumped on every update (optimistic concurrency in the state store).
     pub version: u64,
 }

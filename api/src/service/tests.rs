@@ -511,6 +511,38 @@ fn registry_credentials_are_the_tenants_and_their_images_private() {
 }
 
 #[test]
+fn a_run_task_repeated_with_its_client_token_starts_nothing_more() {
+    let svc = service(Fake::default());
+    let a = Tenant::unlimited("a");
+    let b = Tenant::unlimited("b");
+    register(&svc, &a, "busybox:latest");
+    register(&svc, &b, "busybox:latest");
+    let input = RunTaskInput {
+        task_definition: "echo".into(),
+        count: Some(2),
+        client_token: Some("retry-me".into()),
+        ..Default::default()
+    };
+    let first = svc.run_task(&a, input.clone()).unwrap();
+    let again = svc.run_task(&a, input.clone()).unwrap();
+    let ids = |t: &[Task]| t.iter().map(|t| t.task_id.clone()).collect::<Vec<_>>();
+    let mut first_ids = ids(&first);
+    first_ids.sort();
+    assert_eq!(ids(&again), first_ids, "the same two tasks");
+    assert_eq!(svc.capacity().unwrap().tasks, 2, "nothing more admitted");
+    // Another tenant's identical token is its own.
+    assert_eq!(svc.run_task(&b, input.clone()).unwrap().len(), 2);
+    let bad = RunTaskInput {
+        client_token: Some("x".repeat(65)),
+        ..input
+    };
+    assert!(matches!(
+        svc.run_task(&a, bad),
+        Err(ServiceError::Invalid(_))
+    ));
+}
+
+#[test]
 fn listings_page_with_a_next_token() {
     let svc = service(Fake::default());
     let a = Tenant::unlimited("a");

@@ -78,6 +78,8 @@ pub enum Refusal {
     },
     /// No jail uid is free.
     Uids,
+    /// The RunTask's client token started tasks already (they are the answer).
+    ClientTokenUsed,
 }
 
 impl std::fmt::Display for Refusal {
@@ -109,6 +111,7 @@ impl std::fmt::Display for Refusal {
                 f,
                 "no jail uid is free (the configured uid range is used up)"
             ),
+            Refusal::ClientTokenUsed => write!(f, "the client token started tasks already"),
         }
     }
 }
@@ -223,6 +226,8 @@ pub trait StateStore: Send + Sync + 'static {
     fn stopped_before(&self, before: Millis) -> Result<Vec<String>, StateError>;
     /// Forgets a task and its events.
     fn delete_task(&self, id: &str) -> Result<(), StateError>;
+    /// The tasks a RunTask with this client token started.
+    fn tasks_with_client_token(&self, tenant: &str, token: &str) -> Result<Vec<Task>, StateError>;
     /// What tasks that are not STOPPED hold: all, and the tenant's.
     fn usage(&self, tenant: Option<&str>) -> Result<Usage, StateError>;
     /// The tenants a private image (pulled with their credentials) belongs to; none: public.

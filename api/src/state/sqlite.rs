@@ -34,6 +34,9 @@ const MIGRATIONS: &[&str] = &[
     // 2: images pulled with a tenant's registry credentials are that tenant's.
     "CREATE TABLE image_owners (image TEXT NOT NULL, tenant TEXT NOT NULL,
         PRIMARY KEY (image, tenant));",
+    // 3: RunTask's idempotency token (ECS's clientToken), on every task it started.
+    "ALTER TABLE tasks ADD COLUMN client_token TEXT;
+     CREATE INDEX tasks_by_client_token ON tasks (tenant, client_token);",
 ];
 
 /// The SQLite state store.
@@ -405,6 +408,16 @@ impl StateStore for SqliteStore {
         };
         let mut conn = self.conn();
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        if let Some(token) = tasks.first().and_then(|t| t.client_token.clone()) {
+            let used: i64 = tx.query_row(
+                "SELECT COUNT(*) FROM tasks WHERE tenant = ?1 AND client_token = ?2",
+                params![tenant, token],
+                |r| r.get(0),
+            )?;
+            if used > 0 {
+                return Ok(Err(Refusal::ClientTokenUsed));
+            }
+        }
         let cpu: u64 = tasks.iter().map(|t| u64::from(t.cpu)).sum();
         let memory: u64 = tasks.iter().map(|t| u64::from(t.memory)).sum();
         let all = usage_in(&tx, None)?;
@@ -428,8 +441,8 @@ impl StateStore for SqliteStore {
             task.jail_uid = uid;
             tx.execute(
                 "INSERT INTO tasks (id, tenant, family, desired_status, last_status, started_by,
-                    created_at, stopped_at, cpu, memory, jail_uid, version, body)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9, ?10, ?11, ?12)",
+                    created_at, stopped_at, cpu, memory, jail_uid, version, body, client_token)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, NULL, ?8, ?9, ?10, ?11, ?12, ?13)",
                 params![
                     task.task_id,
                     task.tenant,
@@ -443,6 +456,7 @@ impl StateStore for SqliteStore {
                     task.jail_uid,
                     task.version as i64,
                     to_json(task)?,
+                    task.client_token,
                 ],
             )?;
             insert_event(
@@ -573,6 +587,16 @@ impl StateStore for SqliteStore {
         Ok(())
     }
 
+    fn tasks_with_client_token(&self, tenant: &str, token: &str) -> Result<Vec<Task>, StateError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare(&format!(
+            "SELECT {TASK_COLUMNS} FROM tasks WHERE tenant = ?1 AND client_token = ?2
+             ORDER BY created_at, id"
+        ))?;
+        let rows = stmt.query_map(params![tenant, token], task_from_row)?;
+        rows.map(|r| finish_task(r?)).collect()
+    }
+
     fn usage(&self, tenant: Option<&str>) -> Result<Usage, StateError> {
         usage_in(&self.conn(), tenant)
     }
@@ -631,6 +655,7 @@ pub(crate) mod tests_support {
             stopping_at: None,
             stopped_at: None,
             jail_uid: 0,
+            client_token: None,
             version: 1,
         }
     }

@@ -4,8 +4,9 @@
 //! `blobs/sha256/<hex>` (Docker 25 and later, an OCI layout inside) or the older
 //! `<hex>.json` / `<id>/layer.tar`. Every blob is verified: a config against the digest in its
 //! name or its own hash, a layer against its `blobs/` name or the config's `rootfs.diff_ids`.
-//! The tar is read twice as a stream (small JSON files first, then the layers); nothing from it
-//! is written anywhere but the store's `tmp/`. The archive has no manifest blob, so one (OCI) is
+//! The tar is read as a stream three times (`manifest.json`, the config, then the layers), so
+//! memory holds at most those two small files whatever the archive carries; nothing from it is
+//! written anywhere but the store's `tmp/`. The archive has no manifest blob, so one (OCI) is
 //! written for it.
 
 use std::collections::BTreeMap;
@@ -62,6 +63,36 @@ fn open_tar(path: &Path) -> Result<tar::Archive<File>, ImportError> {
 }
 
 /// The digest a `blobs/sha256/<hex>` path names, if it is one.
+/// The first regular-file member named `name`, if it is at most [`MAX_JSON_BLOB`] bytes.
+fn read_member(path: &Path, name: &str) -> Result<Option<Vec<u8>>, ImportError> {
+    let read_err = |source| ImportError::Read {
+        path: path.to_owned(),
+        source,
+    };
+    for entry in open_tar(path)?.entries().map_err(read_err)? {
+        let entry = entry.map_err(read_err)?;
+        if !entry.header().entry_type().is_file() || member_path(&entry).as_deref() != Some(name) {
+            continue;
+        }
+        if entry.size() > MAX_JSON_BLOB {
+            return Err(bad(
+                name,
+                format!(
+                    "{} bytes, more than the {MAX_JSON_BLOB} a JSON file may have",
+                    entry.size()
+                ),
+            ));
+        }
+        let mut data = Vec::new();
+        entry
+            .take(MAX_JSON_BLOB)
+            .read_to_end(&mut data)
+            .map_err(read_err)?;
+        return Ok(Some(data));
+    }
+    Ok(None)
+}
+
 fn blob_path_digest(path: &str) -> Option<Digest> {
     path.strip_prefix("blobs/sha256/")
         .and_then(|hex| format!("sha256:{hex}").parse().ok())
@@ -92,30 +123,12 @@ fn import(
         path: path.to_owned(),
         source,
     };
-    // Pass 1: manifest.json and the small JSON files it may point to.
-    let mut small: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-    for entry in open_tar(path)?.entries().map_err(read_err)? {
-        let entry = entry.map_err(read_err)?;
-        if !entry.header().entry_type().is_file() || entry.size() > MAX_JSON_BLOB {
-            continue;
-        }
-        let Some(member) = member_path(&entry) else {
-            continue;
-        };
-        if member == "manifest.json" || member.ends_with(".json") || member.starts_with("blobs/") {
-            let mut data = Vec::new();
-            entry
-                .take(MAX_JSON_BLOB)
-                .read_to_end(&mut data)
-                .map_err(read_err)?;
-            small.insert(member, data);
-        }
-    }
-    let manifest = small
-        .get("manifest.json")
+    // Pass 1: manifest.json. Pass 2: the config it names. Only these two members (at most
+    // MAX_JSON_BLOB each) are ever held in memory, however many small files the archive has.
+    let manifest = read_member(path, "manifest.json")?
         .ok_or_else(|| bad("archive", "no manifest.json: not a docker save archive"))?;
     let images: Vec<ArchiveImage> =
-        serde_json::from_slice(manifest).map_err(|e| bad("manifest.json", e.to_string()))?;
+        serde_json::from_slice(&manifest).map_err(|e| bad("manifest.json", e.to_string()))?;
     let image = match images.as_slice() {
         [one] => one,
         _ => {
@@ -138,8 +151,7 @@ fn import(
     };
 
     // The config: verified against the digest its path names (both forms do), then stored.
-    let config_data = small
-        .get(&image.config)
+    let config_data = &read_member(path, &image.config)?
         .ok_or_else(|| bad("archive", format!("config {} is missing", image.config)))?;
     let named = blob_path_digest(&image.config).or_else(|| {
         image
@@ -188,7 +200,7 @@ fn import(
         expected.insert(layer.as_str(), digest);
     }
 
-    // Pass 2: the layers, streamed into the store.
+    // Pass 3: the layers, streamed into the store.
     let mut sizes: BTreeMap<&str, u64> = BTreeMap::new();
     for entry in open_tar(path)?.entries().map_err(read_err)? {
         let mut entry = entry.map_err(read_err)?;

@@ -349,6 +349,8 @@ fn run_task<E: Executor>(ctx: &Ctx<E>, mut f: Fields) -> Result<Value, EcsError>
     let started_by: Option<String> = f.optional("startedBy")?;
     let tags: Option<Vec<Tag>> = f.optional("tags")?;
     let overrides = overrides(f.value("overrides"))?;
+    // botocore fills it with a fresh UUID when the caller does not: its retries are idempotent.
+    let client_token: Option<String> = f.optional("clientToken")?;
     let launch: Option<String> = f.optional("launchType")?;
     if launch.as_deref().is_some_and(|l| l != "FARGATE") {
         return Err(EcsError::invalid(format!(
@@ -370,7 +372,6 @@ fn run_task<E: Executor>(ctx: &Ctx<E>, mut f: Fields) -> Result<Value, EcsError>
         "propagateTags",
         "group",
         "referenceId",
-        "clientToken",
         "placementConstraints",
         "placementStrategy",
         "capacityProviderStrategy",
@@ -383,6 +384,7 @@ fn run_task<E: Executor>(ctx: &Ctx<E>, mut f: Fields) -> Result<Value, EcsError>
         started_by,
         tags: tags.unwrap_or_default(),
         overrides,
+        client_token,
     };
     match ctx.service.run_task(&ctx.tenant, input) {
         Ok(tasks) => Ok(json!({
@@ -394,7 +396,9 @@ fn run_task<E: Executor>(ctx: &Ctx<E>, mut f: Fields) -> Result<Value, EcsError>
                 Refusal::Capacity { resource, .. } => *resource,
                 Refusal::Quota { what, .. } if what.contains("memory") => "RESOURCE:MEMORY",
                 Refusal::Quota { what, .. } if what.contains("CPU") => "RESOURCE:CPU",
-                Refusal::Quota { .. } | Refusal::Uids => "RESOURCE:TASKS",
+                Refusal::Quota { .. } | Refusal::Uids | Refusal::ClientTokenUsed => {
+                    "RESOURCE:TASKS"
+                }
             };
             Ok(json!({
                 "tasks": [],

@@ -522,8 +522,13 @@ async fn tags_are_added_listed_and_removed() {
     .await;
     assert_eq!(tags["tags"], json!([{"key": "env", "value": "dev"}]));
 
-    let run = ok(&app, "a", "RunTask", json!({"taskDefinition": "web"})).await;
+    let token = json!({"taskDefinition": "web", "clientToken": "0f8b-retry"});
+    let run = ok(&app, "a", "RunTask", token.clone()).await;
     let task_arn = run["tasks"][0]["taskArn"].as_str().unwrap().to_owned();
+    // botocore retries RunTask with the same clientToken: the same task answers.
+    let again = ok(&app, "a", "RunTask", token).await;
+    assert_eq!(again["tasks"][0]["taskArn"], task_arn.as_str());
+    assert_eq!(again["tasks"].as_array().unwrap().len(), 1);
     ok(
         &app,
         "a",
