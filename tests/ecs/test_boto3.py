@@ -136,12 +136,12 @@ def run():
     a.register_task_definition(family="boto-unpullable", cpu="256", memory="512",
                                containerDefinitions=[{"name": "app", "image": "127.0.0.1:5999/nothing:1"}])
     mine = []
-    for n in (10, 10, 5):
+    for n in (10, 10, 5):  # the capacity holds ten: each batch stops before the next
         batch = a.run_task(taskDefinition="boto-unpullable", count=n, startedBy="boto3-pages")
         check(batch["failures"] == [] and len(batch["tasks"]) == n, f"RunTask count={n}", batch["failures"])
-        mine += [t["taskArn"] for t in batch["tasks"]]
-    for i in range(0, 25, 10):
-        a.get_waiter("tasks_stopped").wait(tasks=mine[i:i + 10], WaiterConfig=WAIT)
+        arns = [t["taskArn"] for t in batch["tasks"]]
+        a.get_waiter("tasks_stopped").wait(tasks=arns, WaiterConfig=WAIT)
+        mine += arns
     pages = list(a.get_paginator("list_tasks").paginate(startedBy="boto3-pages", desiredStatus="STOPPED", PaginationConfig={"PageSize": 10}))
     listed = [x for p in pages for x in p["taskArns"]]
     check(len(pages) == 3 and sorted(listed) == sorted(mine), "ListTasks paginator: 25 stopped tasks in pages of 10", [len(p["taskArns"]) for p in pages])
