@@ -652,7 +652,10 @@ fn main() {
         }
     };
     let code = runtime.block_on(dispatch(args)).unwrap_or_else(|e| {
-        eprintln!("skiff: {e:#}");
+        // One write: stderr is unbuffered, and eprintln! writes piece by piece, so messages of
+        // clients sharing a file (`2>> log`) would interleave mid-line.
+        let line = format!("skiff: {e:#}\n");
+        let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
         RUN_FAILED
     });
     std::process::exit(code)
