@@ -223,11 +223,7 @@ impl GuestControl {
                 return Err(ControlError::ExecTimeout(timeout));
             }
             if fds[0].revents != 0 {
-                let got = self.stream.read(&mut buf)?;
-                if got == 0 {
-                    return Err(ControlError::Closed);
-                }
-                frames.push(&buf[..got]);
+                self.receive(&mut frames, &mut buf)?;
             }
         }
     }
@@ -330,13 +326,19 @@ impl GuestControl {
                 on_event(ContainerEvent::StopRequested);
             }
             if fds[0].revents != 0 {
-                let got = self.stream.read(&mut buf)?;
-                if got == 0 {
-                    return Err(ControlError::Closed);
-                }
-                frames.push(&buf[..got]);
+                self.receive(&mut frames, &mut buf)?;
             }
         }
+    }
+
+    /// Reads what guest-init sent into `frames`; its closing the channel is an error.
+    fn receive(&mut self, frames: &mut FrameReader, buf: &mut [u8]) -> Result<(), ControlError> {
+        let got = self.stream.read(buf)?;
+        if got == 0 {
+            return Err(ControlError::Closed);
+        }
+        frames.push(&buf[..got]);
+        Ok(())
     }
 
     /// Sends `signal` to command `id` (the one running).
