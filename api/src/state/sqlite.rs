@@ -852,6 +852,50 @@ mod tests {
     }
 
     #[test]
+    fn a_database_of_schema_2_migrates_with_its_tasks() {
+        let dir = std::env::temp_dir().join(format!("skiff-state-v2-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.db");
+        {
+            // What a skiffd of schema 2 left: a task, written without a client token column.
+            let conn = Connection::open(&path).unwrap();
+            for sql in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            let t = task("old", "a", 256, 512);
+            conn.execute(
+                "INSERT INTO tasks (id, tenant, family, desired_status, last_status, started_by,
+                    created_at, stopped_at, cpu, memory, jail_uid, version, body)
+                 VALUES ('old', 'a', 'web', 'RUNNING', 'PROVISIONING', NULL, 1, NULL, 256, 512,
+                    100000, 1, ?1)",
+                params![to_json(&t).unwrap()],
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        assert!(
+            store.task(Some("a"), "old").unwrap().is_some(),
+            "the task survives"
+        );
+        assert!(store.tasks_with_client_token("a", "x").unwrap().is_empty());
+        let mut t = task("new", "a", 256, 512);
+        t.client_token = Some("x".into());
+        store
+            .create_tasks(vec![t.clone()], &admission(), "x")
+            .unwrap()
+            .unwrap();
+        assert_eq!(store.tasks_with_client_token("a", "x").unwrap().len(), 1);
+        t.task_id = "again".into();
+        assert_eq!(
+            store.create_tasks(vec![t], &admission(), "x").unwrap(),
+            Err(Refusal::ClientTokenUsed)
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
     fn the_database_survives_reopening() {
         let dir = std::env::temp_dir().join(format!("skiff-state-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
