@@ -193,6 +193,7 @@ fn set_mtime(path: &Path, mtime: u64) -> std::io::Result<()> {
 
 /// A symlink made with the umask off: ext4 applies the process's umask to a new symlink's mode
 /// (which cannot be changed afterwards), and images expect `lrwxrwxrwx` as Docker gives them.
+/// The mask is process-wide: guest-init has no other thread creating files meanwhile.
 fn symlink_unmasked(target: &Path, path: &Path) -> std::io::Result<()> {
     // SAFETY: umask only swaps the process's file-creation mask.
     let before = unsafe { libc::umask(0) };
