@@ -18,7 +18,7 @@ WAIT = {"Delay": 2, "MaxAttempts": 300}
 
 def check(condition, what, detail=None):
     if not condition:
-        raise AssertionError(f"{what}: {json.dumps(detail, default=str, indent=1)}")
+        raise AssertionError(f"{what}: {json.dumps(detail, default=str)}")
     print(f"ok: {what}", flush=True)
 
 

@@ -152,8 +152,21 @@ impl NestedRun {
             .trim()
             .parse()
             .ok()?;
-        Some((rest[..stop].to_owned(), status))
+        Some((without_heartbeats(&rest[..stop]), status))
     }
+}
+
+/// `output` without the heartbeat lines the host's background loop printed into it (whole lines,
+/// or spliced into a line another writer had begun).
+fn without_heartbeats(output: &str) -> String {
+    let mut output = output.to_owned();
+    while let Some(start) = output.find(HEARTBEAT) {
+        let end = output[start..]
+            .find('\n')
+            .map_or(output.len(), |newline| start + newline + 1);
+        output.replace_range(start..end, "");
+    }
+    output
 }
 
 /// A shell fragment running `command` as the case `name` (output and status recoverable with
@@ -380,6 +393,15 @@ mod tests {
         assert_eq!(run.case("b"), Some((String::new(), 0)));
         assert_eq!(run.case("c"), None);
         assert!(case("x", "true").contains("=== end x status=$?"));
+
+        let run = NestedRun {
+            console: "=== begin a\nnested: alive, uptime 61 s\nfirst\nsec\
+                      nested: alive, uptime 121 s\nond\n=== end a status=0\n"
+                .into(),
+            status: 0,
+            elapsed: Duration::ZERO,
+        };
+        assert_eq!(run.case("a"), Some(("first\nsecond\n".into(), 0)));
     }
 
     #[test]
