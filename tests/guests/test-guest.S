@@ -11,6 +11,10 @@
  *   w  wait: report boot, print "test guest: waiting", then spin until the VMM is killed
  *   m  MMIO: write to and read from 768 MiB, which nothing decodes in a guest with less RAM, then
  *      report the value read as the exit status (0xff)
+ *   f  flood: a hostile driver of the virtio device in the first MMIO slot (skiff-vmm --rng):
+ *      set up its queue 0 with 16 entries, all naming one 64-byte buffer, print "test guest:
+ *      flooding" once the device used one, then make every used entry available again at once,
+ *      for ever (exit status 1: no virtio device there)
  */
     .code64
     .set SERIAL, 0x3f8
@@ -20,6 +24,26 @@
     .set CMDLINE_PTR, 0x228
     .set E820_ENTRIES, 0x1e8
     .set E820_TABLE, 0x2d0
+
+    /* The flood: the first virtio-mmio slot, and the driver's structures in guest RAM. */
+    .set VIRTIO_MMIO, 0xd0000000
+    .set VIO_DEVICE_ID, 0x008
+    .set VIO_DRIVER_FEATURES, 0x020
+    .set VIO_DRIVER_FEATURES_SEL, 0x024
+    .set VIO_QUEUE_SEL, 0x030
+    .set VIO_QUEUE_NUM, 0x038
+    .set VIO_QUEUE_READY, 0x044
+    .set VIO_QUEUE_NOTIFY, 0x050
+    .set VIO_STATUS, 0x070
+    .set VIO_QUEUE_DESC, 0x080
+    .set VIO_QUEUE_DRIVER, 0x090
+    .set VIO_QUEUE_DEVICE, 0x0a0
+    .set FLOOD_PD, 0x400000         /* page directory mapping 0xc0000000..0xffffffff */
+    .set FLOOD_DESC, 0x500000
+    .set FLOOD_AVAIL, 0x501000
+    .set FLOOD_USED, 0x502000
+    .set FLOOD_BUF, 0x503000
+    .set FLOOD_QSIZE, 16
 
     .text
     .globl _start
@@ -37,6 +61,8 @@ _start:
     je mmio
     cmp $'w', %al
     je wait
+    cmp $'f', %al
+    je flood
 
 hello:
     mov $REPORT_BOOT, %dx
@@ -124,6 +150,82 @@ wait:
 1:  pause
     jmp 1b
 
+flood:
+    mov $REPORT_BOOT, %dx
+    mov $1, %al
+    out %al, %dx
+    /* Map the 2 MiB at VIRTIO_MMIO: PDPT[3] (found through CR3 and PML4[0]) -> FLOOD_PD. */
+    mov $FLOOD_PD, %rdi
+    mov $512, %ecx
+    xor %eax, %eax
+    rep stosq
+    mov $(VIRTIO_MMIO | 0x9b), %eax /* present, writable, uncached, 2 MiB page */
+    mov %rax, FLOOD_PD + ((VIRTIO_MMIO - 0xc0000000) >> 21) * 8
+    mov %cr3, %rax
+    mov $0x000ffffffffff000, %rcx
+    and %rcx, %rax
+    mov (%rax), %rbx                /* PML4[0] */
+    and %rcx, %rbx                  /* the PDPT */
+    mov $(FLOOD_PD | 3), %eax
+    mov %rax, 3*8(%rbx)
+    mov %cr3, %rax
+    mov %rax, %cr3
+    /* Is a virtio device there? */
+    mov $VIRTIO_MMIO, %rbx
+    cmpl $0x74726976, (%rbx)        /* "virt" */
+    jne 9f
+    cmpl $0, VIO_DEVICE_ID(%rbx)
+    je 9f
+    /* Negotiate VERSION_1 only; one queue of FLOOD_QSIZE entries. */
+    movl $0, VIO_STATUS(%rbx)
+    movl $1, VIO_STATUS(%rbx)
+    movl $3, VIO_STATUS(%rbx)
+    movl $1, VIO_DRIVER_FEATURES_SEL(%rbx)
+    movl $1, VIO_DRIVER_FEATURES(%rbx)
+    movl $0, VIO_DRIVER_FEATURES_SEL(%rbx)
+    movl $0, VIO_DRIVER_FEATURES(%rbx)
+    movl $0xb, VIO_STATUS(%rbx)
+    movl $0, VIO_QUEUE_SEL(%rbx)
+    movl $FLOOD_QSIZE, VIO_QUEUE_NUM(%rbx)
+    movl $FLOOD_DESC, VIO_QUEUE_DESC(%rbx)
+    movl $0, VIO_QUEUE_DESC+4(%rbx)
+    movl $FLOOD_AVAIL, VIO_QUEUE_DRIVER(%rbx)
+    movl $0, VIO_QUEUE_DRIVER+4(%rbx)
+    movl $FLOOD_USED, VIO_QUEUE_DEVICE(%rbx)
+    movl $0, VIO_QUEUE_DEVICE+4(%rbx)
+    /* Descriptor 0: FLOOD_BUF, 64 bytes, device-writable. Every avail ring entry is 0 (fresh
+       RAM): each names it. The driver polls: no interrupts (VRING_AVAIL_F_NO_INTERRUPT). */
+    movq $FLOOD_BUF, FLOOD_DESC
+    movl $64, FLOOD_DESC+8
+    movw $2, FLOOD_DESC+12
+    movw $1, FLOOD_AVAIL
+    movl $1, VIO_QUEUE_READY(%rbx)
+    movl $0xf, VIO_STATUS(%rbx)
+    xor %r8d, %r8d                  /* the avail index we publish */
+    xor %r9d, %r9d                  /* told the console yet? */
+1:  movzwl FLOOD_USED+2, %eax       /* used index */
+    test %r9d, %r9d
+    jnz 2f
+    test %ax, %ax
+    jz 2f
+    lea flooding(%rip), %rsi
+    call puts
+    mov $1, %r9d
+2:  mov %r8w, %cx
+    sub %ax, %cx
+    cmp $FLOOD_QSIZE, %cx
+    jae 1b                          /* the ring is full: wait for the device */
+    inc %r8d
+    mov %r8w, FLOOD_AVAIL+2
+    testw $1, FLOOD_USED            /* VRING_USED_F_NO_NOTIFY: the device is serving */
+    jnz 1b
+    movl $0, VIO_QUEUE_NOTIFY(%rbx)
+    jmp 1b
+9:  mov $REPORT_EXIT, %dx
+    mov $1, %al
+    out %al, %dx
+    jmp halt
+
 halt:
     hlt
     jmp halt
@@ -171,3 +273,4 @@ resetting:     .asciz "test guest: resetting\n"
 panic_msg:     .asciz "Kernel panic - not syncing: test guest panics on purpose\n"
 faulting:      .asciz "test guest: triple faulting\n"
 waiting:       .asciz "test guest: waiting\n"
+flooding:      .asciz "test guest: flooding\n"

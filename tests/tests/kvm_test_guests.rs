@@ -186,3 +186,68 @@ fn test_guest_is_an_elf_image() {
     let bytes = std::fs::read(Path::new(TEST_GUEST)).unwrap();
     assert_eq!(&bytes[..4], b"\x7fELF");
 }
+
+#[test]
+fn a_guest_flooding_a_queue_cannot_keep_the_vmm_from_stopping() {
+    if !ready("flood_guest") {
+        return;
+    }
+    // The flood guest makes every used buffer of the entropy queue available again at once, for
+    // ever; skiff-vmm must still see its stop signal (the event loop serves a ring's worth of
+    // chains per round, then its other events).
+    let dir = std::env::temp_dir().join(format!("skiff-l2-flood-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let serial = dir.join("console.log");
+    let mut child = Command::new(Artefact::SkiffVmm.path())
+        .args(["--kernel", TEST_GUEST, "--cmdline", "flood console=ttyS0"])
+        .args(["--memory-mib", "64", "--rng", "--serial-out"])
+        .arg(&serial)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("skiff-vmm starts");
+    let console = || std::fs::read_to_string(&serial).unwrap_or_default();
+    let flooding = wait_until(Duration::from_secs(120), || {
+        console().contains("test guest: flooding") || child.try_wait().ok().flatten().is_some()
+    });
+    if !flooding || !console().contains("test guest: flooding") {
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        panic!(
+            "the flood guest never saw a used buffer; console:\n{}\nstderr:\n{}",
+            console(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // Flood for a while, then ask skiff-vmm to stop.
+    std::thread::sleep(Duration::from_secs(2));
+    // SAFETY: kill() with our child's pid and a signal number has no memory arguments.
+    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+    let stopped = wait_until(Duration::from_secs(30), || {
+        child.try_wait().ok().flatten().is_some()
+    });
+    if !stopped {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stopped,
+        "skiff-vmm ignored SIGTERM under the flood: {stderr}"
+    );
+    assert_eq!(out.status.code(), Some(128 + 15), "{stderr}");
+    assert!(stderr.contains("stopped by SIGTERM"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// Polls `done` every 50 ms until it holds or `timeout` passes; returns whether it held.
+fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if done() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    done()
+}

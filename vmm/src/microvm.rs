@@ -108,6 +108,15 @@ struct QueueEvent {
     event: EventFd,
 }
 
+impl QueueEvent {
+    /// Notifies the queue as the guest would: the event loop serves it at its next wait, after
+    /// whatever else is ready (epoll reports a newly ready descriptor after those already ready).
+    fn kick(&self) {
+        // Fails only when the counter would overflow, and then the event is already pending.
+        let _ = self.event.write(1);
+    }
+}
+
 /// A device's host-side file descriptor (tap, sockets) that the event loop watches for it.
 struct HostEvent {
     transport: Arc<Mutex<MmioTransport>>,
@@ -397,7 +406,16 @@ impl MicroVm {
                     token if token >= HOST_TOKEN_BASE => {
                         let index = usize::try_from(token - HOST_TOKEN_BASE).unwrap_or(usize::MAX);
                         if let Some(h) = self.host_events.get(index) {
-                            lock(&h.transport).process_host_events();
+                            if lock(&h.transport).process_host_events() {
+                                // Cut short: the device's queues are served again (a notified
+                                // queue also serves what host events left) after the events
+                                // already waiting.
+                                for q in &self.queue_events {
+                                    if Arc::ptr_eq(&q.transport, &h.transport) {
+                                        q.kick();
+                                    }
+                                }
+                            }
                         }
                     }
                     token if token >= QUEUE_TOKEN_BASE => {
@@ -405,7 +423,11 @@ impl MicroVm {
                         if let Some(q) = self.queue_events.get(index) {
                             // Reading resets the counter; a failure means nothing was pending.
                             let _ = q.event.read();
-                            lock(&q.transport).notify_queue(q.queue);
+                            if lock(&q.transport).notify_queue(q.queue) {
+                                // Cut short: served again after the events already waiting
+                                // (stop and exit among them).
+                                q.kick();
+                            }
                         }
                     }
                     _ => {}

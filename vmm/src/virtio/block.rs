@@ -14,7 +14,7 @@ use super::block_request::{
     find_status, parse, Desc, Request, RequestError, RequestKind, ID_BYTES, MAX_SEGMENTS,
     SECTOR_SIZE,
 };
-use super::{pop_chain, read_config_bytes, VirtioDevice, TYPE_BLOCK};
+use super::{read_config_bytes, Round, VirtioDevice, TYPE_BLOCK};
 use crate::seccomp::{self, ThreadKind};
 
 const VIRTIO_BLK_F_SEG_MAX: u64 = 1 << 2;
@@ -317,7 +317,13 @@ impl VirtioDevice for Block {
     /// Takes every available request, runs their transfers (in parallel when there are several),
     /// then completes them in order: flushes and ids run after the batch's transfers. A chain
     /// refused unread (too long, indirect, broken) is returned as used with nothing written.
-    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+        round: &mut Round,
+    ) -> bool {
         let Some(queue) = queues.get_mut(index) else {
             return false;
         };
@@ -325,7 +331,7 @@ impl VirtioDevice for Block {
         let mut parsed = Vec::new();
         // A header, MAX_SEGMENTS data buffers and a status: at most as many descriptors as the
         // queue has, so each chain read holds at most QUEUE_SIZE descriptors.
-        while let Some((head, descs)) = pop_chain(queue, mem, MAX_SEGMENTS + 2) {
+        while let Some((head, descs)) = round.pop_chain(queue, mem, MAX_SEGMENTS + 2) {
             match descs {
                 Ok(descs) => {
                     parsed.push(parse(descs.iter().copied(), mem, self.capacity));
@@ -467,7 +473,7 @@ mod tests {
         mem.write_obj(0xffu8, GuestAddress(status_at)).unwrap();
         q.build_desc_chain(descs).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), mem));
+        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), mem, &mut Round::new()));
         let used_len: u32 = mem.read_obj(q.used_addr().unchecked_add(8)).unwrap();
         (used_len, mem.read_obj(GuestAddress(status_at)).unwrap())
     }
@@ -716,7 +722,7 @@ mod tests {
         )));
         q.add_desc_chains(&descs, 0).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), &m));
+        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), &m, &mut Round::new()));
         for i in 0..4u64 {
             let mut buf = [0u8; 512];
             m.read_slice(&mut buf, GuestAddress(0x8000 + 0x1000 * i))
@@ -775,7 +781,7 @@ mod tests {
         ];
         q.add_desc_chains(&descs, 0).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), &m));
+        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), &m, &mut Round::new()));
         let used: Vec<(u32, u32)> = (0..2)
             .map(|i| {
                 let elem = q.used_addr().unchecked_add(4 + 8 * i);
@@ -810,7 +816,7 @@ mod tests {
         ];
         q.add_desc_chains(&descs, 0).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), &m));
+        assert!(block.process_queue(0, std::slice::from_mut(&mut queue), &m, &mut Round::new()));
         let used_len: u32 = m.read_obj(q.used_addr().unchecked_add(8)).unwrap();
         assert_eq!(used_len, 0);
     }

@@ -12,8 +12,8 @@ use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestMemoryMmap};
 
 use super::{
-    status, Interrupt, VirtioDevice, INTERRUPT_USED_BUFFER, VIRTIO_F_VERSION_1,
-    VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
+    status, Interrupt, Round, VirtioDevice, CHAINS_PER_ROUND, INTERRUPT_USED_BUFFER,
+    VIRTIO_F_VERSION_1, VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC,
 };
 use crate::bus::BusDevice;
 
@@ -89,6 +89,8 @@ pub struct MmioTransport {
     config_generation: u32,
     /// Each queue's used index when the driver was last interrupted for it.
     signalled_used: Vec<u16>,
+    /// Chains one round may take ([`CHAINS_PER_ROUND`]).
+    chains_per_round: u32,
 }
 
 impl MmioTransport {
@@ -115,7 +117,14 @@ impl MmioTransport {
             status: 0,
             config_generation: 0,
             signalled_used,
+            chains_per_round: CHAINS_PER_ROUND,
         })
+    }
+
+    /// Chains each round may take (tests make rounds small).
+    #[cfg(test)]
+    pub(crate) fn set_chains_per_round(&mut self, chains: u32) {
+        self.chains_per_round = chains;
     }
 
     /// Number of queues (each needs a notification eventfd).
@@ -133,34 +142,39 @@ impl MmioTransport {
         self.status & status::DRIVER_OK != 0 && self.status & status::FAILED == 0
     }
 
-    /// The driver notified queue `index`: serve it, and interrupt if buffers were used.
-    pub fn notify_queue(&mut self, index: usize) {
+    /// The driver notified queue `index`: serve it for one round, and interrupt if buffers were
+    /// used. Returns true if the round was cut short: the queue is to be served again (by
+    /// notifying it once more) after the event loop's other events.
+    #[must_use]
+    pub fn notify_queue(&mut self, index: usize) -> bool {
         if !self.is_activated() {
-            return;
+            return false;
         }
         let Some(queue) = self.queues.get_mut(index) else {
-            return;
+            return false;
         };
         if !queue.ready() {
-            return;
+            return false;
         }
         // While we serve the queue the driver need not notify (`VRING_USED_F_NO_NOTIFY`; with
         // EVENT_IDX, `avail_event` does this): each notification is a VM exit.
         let _ = queue.disable_notification(&self.mem);
+        let mut round = Round::with_budget(self.chains_per_round);
         let mut used = self
             .device
-            .process_queue(index, &mut self.queues, &self.mem);
-        used |= self.rearm_notifications();
+            .process_queue(index, &mut self.queues, &self.mem, &mut round);
+        used |= self.rearm_notifications(&mut round);
         if used {
             self.signal_used();
         }
+        round.cut_short()
     }
 
     /// Tells the driver of each queue to notify again at the next buffer it adds (clears
     /// `VRING_USED_F_NO_NOTIFY`, or with EVENT_IDX sets `avail_event`), and serves again any queue
     /// that got buffers in the meantime: a driver that saw notifications off may not have
     /// notified for them. Returns whether buffers were used.
-    fn rearm_notifications(&mut self) -> bool {
+    fn rearm_notifications(&mut self, round: &mut Round) -> bool {
         let mut used = false;
         for index in 0..self.queues.len() {
             for _ in 0..MAX_REARM_ROUNDS {
@@ -174,7 +188,7 @@ impl MmioTransport {
                 // host data, and has published where it wants the next notification).
                 if !self
                     .device
-                    .process_queue(index, &mut self.queues, &self.mem)
+                    .process_queue(index, &mut self.queues, &self.mem, round)
                 {
                     break;
                 }
@@ -190,18 +204,23 @@ impl MmioTransport {
         self.device.host_event_fd()
     }
 
-    /// The device's host-side file descriptor is ready: let the device serve it.
-    pub fn process_host_events(&mut self) {
+    /// The device's host-side file descriptor is ready: let the device serve it for one round.
+    /// Returns true if the round was cut short: the device's queues are to be notified again
+    /// after the event loop's other events.
+    #[must_use]
+    pub fn process_host_events(&mut self) -> bool {
         let active = self.is_activated() && self.queues.iter().all(|q| q.ready());
-        let mut used = self
-            .device
-            .process_host_events(&mut self.queues, &self.mem, active);
+        let mut round = Round::with_budget(self.chains_per_round);
+        let mut used =
+            self.device
+                .process_host_events(&mut self.queues, &self.mem, active, &mut round);
         if active {
-            used |= self.rearm_notifications();
+            used |= self.rearm_notifications(&mut round);
         }
         if used {
             self.signal_used();
         }
+        round.cut_short()
     }
 
     /// Interrupts the driver unless every queue with newly used buffers asked not to be: with
@@ -375,8 +394,9 @@ impl MmioTransport {
             }
             REG_QUEUE_SEL => self.queue_select = value,
             REG_QUEUE_NOTIFY => {
-                // Normally caught by the ioeventfd; a notification reaching us is served here.
-                self.notify_queue(value as usize);
+                // Caught by the queue's ioeventfd (KVM matches the index); only an index no queue
+                // has reaches us, and it names nothing to serve.
+                let _ = self.notify_queue(value as usize);
             }
             REG_INTERRUPT_ACK => self.interrupt.acknowledge(value),
             REG_STATUS => self.write_status(value),
@@ -480,11 +500,17 @@ mod tests {
         fn read_config(&self, offset: u64, data: &mut [u8]) {
             read_config_bytes(&[0xaa, 0xbb], offset, data);
         }
-        fn process_queue(&mut self, i: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+        fn process_queue(
+            &mut self,
+            i: usize,
+            queues: &mut [Queue],
+            mem: &GuestMemoryMmap,
+            round: &mut Round,
+        ) -> bool {
             let queue = &mut queues[i];
             let mut any = false;
-            while let Some(chain) = queue.pop_descriptor_chain(mem) {
-                queue.add_used(mem, chain.head_index(), 0).unwrap();
+            while let Some((head, _)) = round.pop_chain(queue, mem, 16) {
+                queue.add_used(mem, head, 0).unwrap();
                 self.used.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 any = true;
             }
@@ -591,6 +617,94 @@ mod tests {
     }
 
     #[test]
+    fn a_notification_serves_one_round_and_says_when_chains_are_left() {
+        let mut f = fixture();
+        let q = MockSplitQueue::new(&f.mem, 16);
+        negotiate(&mut f.transport, VIRTIO_F_VERSION_1);
+        setup_queue(&mut f.transport, &q);
+        write(&mut f.transport, REG_STATUS, 0xf);
+        f.transport.set_chains_per_round(5);
+        let descs: Vec<RawDescriptor> = (0..12)
+            .map(|_| RawDescriptor::from(SplitDescriptor::new(0x8_0000, 16, 0, 0)))
+            .collect();
+        q.add_desc_chains(&descs, 0).unwrap();
+        let used = |f: &Fixture| f.used.load(std::sync::atomic::Ordering::SeqCst);
+        // 12 chains in rounds of 5: cut short twice, and the used ones are signalled each time.
+        assert!(f.transport.notify_queue(0));
+        assert_eq!(used(&f), 5);
+        assert_eq!(
+            read(&mut f.transport, REG_INTERRUPT_STATUS),
+            INTERRUPT_USED_BUFFER
+        );
+        assert!(f.transport.notify_queue(0));
+        assert_eq!(used(&f), 10);
+        assert!(!f.transport.notify_queue(0), "the last two fit in a round");
+        assert_eq!(used(&f), 12);
+        // A round that spends its budget exactly on what was there is not cut short.
+        let five: Vec<RawDescriptor> = descs[..5].to_vec();
+        q.add_desc_chains(&five, 0).unwrap();
+        assert!(!f.transport.notify_queue(0));
+        assert_eq!(used(&f), 17);
+    }
+
+    #[test]
+    fn a_driver_refilling_its_ring_while_served_gets_one_round_per_notification() {
+        let mut f = fixture();
+        let q = MockSplitQueue::new(&f.mem, 16);
+        negotiate(&mut f.transport, VIRTIO_F_VERSION_1);
+        setup_queue(&mut f.transport, &q);
+        // The mock lays its used ring over the end of its available ring (16 entries counted
+        // as bytes), which shows once the ring wraps: the used ring goes elsewhere.
+        let used_ring = GuestAddress(0x1000);
+        write(&mut f.transport, REG_QUEUE_READY, 0);
+        write(&mut f.transport, REG_QUEUE_DEVICE_LOW, used_ring.0 as u32);
+        write(&mut f.transport, REG_QUEUE_READY, 1);
+        write(&mut f.transport, REG_STATUS, 0xf);
+        f.transport.set_chains_per_round(64);
+        // Every ring entry names descriptor 0; a second thread makes each used entry available
+        // again at once, 200,000 times in all (the finding: one notification served for as long as the
+        // guest kept refilling).
+        let desc = RawDescriptor::from(SplitDescriptor::new(0x8_0000, 16, 0, 0));
+        q.add_desc_chains(&[desc], 0).unwrap();
+        let (avail_idx, used_idx) = (
+            q.avail_addr().unchecked_add(2),
+            used_ring.unchecked_add(2),
+        );
+        const SUBMISSIONS: u32 = 200_000;
+        let mem = f.mem.clone();
+        let flooder = std::thread::spawn(move || {
+            let mut next: u16 = mem.read_obj(avail_idx).unwrap();
+            let mut submitted = 0;
+            while submitted < SUBMISSIONS {
+                let used: u16 = mem.read_obj(used_idx).unwrap();
+                if next.wrapping_sub(used) < 16 {
+                    next = next.wrapping_add(1);
+                    std::sync::atomic::fence(std::sync::atomic::Ordering::SeqCst);
+                    mem.write_obj(next, avail_idx).unwrap();
+                    submitted += 1;
+                } else {
+                    std::hint::spin_loop();
+                }
+            }
+        });
+        let used = |f: &Fixture| f.used.load(std::sync::atomic::Ordering::SeqCst);
+        let mut before = used(&f);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !flooder.is_finished() && std::time::Instant::now() < deadline {
+            let _ = f.transport.notify_queue(0);
+            let now = used(&f);
+            assert!(
+                now - before <= 64,
+                "one notification served {} chains",
+                now - before
+            );
+            before = now;
+        }
+        assert!(flooder.is_finished(), "the flood was served");
+        flooder.join().unwrap();
+    }
+
+    #[test]
     fn full_setup_activates_and_serves_notifications() {
         let mut f = fixture();
         let q = MockSplitQueue::new(&f.mem, 16);
@@ -606,7 +720,7 @@ mod tests {
 
         let desc = RawDescriptor::from(SplitDescriptor::new(0x8_0000, 16, 0, 0));
         q.add_desc_chains(&[desc], 0).unwrap();
-        f.transport.notify_queue(0);
+        assert!(!f.transport.notify_queue(0), "not cut short");
         assert_eq!(f.used.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(
             read(&mut f.transport, REG_INTERRUPT_STATUS),
@@ -638,7 +752,7 @@ mod tests {
             .map(|i| RawDescriptor::from(SplitDescriptor::new(0x8_0000 + i * 0x100, 16, 0, 0)))
             .collect();
         q.add_desc_chains(&descs[..2], 0).unwrap();
-        f.transport.notify_queue(0);
+        assert!(!f.transport.notify_queue(0), "not cut short");
         assert_eq!(f.used.load(std::sync::atomic::Ordering::SeqCst), 2);
         let event: u16 = f.mem.read_obj(avail_event).unwrap();
         assert_eq!(event, 2, "notify us when buffer 2 is added");
@@ -652,7 +766,7 @@ mod tests {
         // used (index 3) does not interrupt.
         f.mem.write_obj(5u16, used_event).unwrap();
         q.add_desc_chains(&descs[2..], 2).unwrap();
-        f.transport.notify_queue(0);
+        assert!(!f.transport.notify_queue(0), "not cut short");
         assert_eq!(f.used.load(std::sync::atomic::Ordering::SeqCst), 3);
         assert_eq!(read(&mut f.transport, REG_INTERRUPT_STATUS), 0);
         let event: u16 = f.mem.read_obj(avail_event).unwrap();
@@ -672,7 +786,7 @@ mod tests {
             .map(|i| RawDescriptor::from(SplitDescriptor::new(0x8_0000 + i * 0x100, 16, 0, 0)))
             .collect();
         q.add_desc_chains(&descs[..1], 0).unwrap();
-        f.transport.notify_queue(0);
+        assert!(!f.transport.notify_queue(0), "not cut short");
         assert_eq!(f.used.load(std::sync::atomic::Ordering::SeqCst), 1);
         let flags: u16 = f.mem.read_obj(used_flags).unwrap();
         assert_eq!(flags, 0, "notifications are back on after serving");
@@ -685,13 +799,13 @@ mod tests {
         // The driver polls (VRING_AVAIL_F_NO_INTERRUPT): a used buffer does not interrupt.
         f.mem.write_obj(1u16, avail_flags).unwrap();
         q.add_desc_chains(&descs[1..2], 1).unwrap();
-        f.transport.notify_queue(0);
+        assert!(!f.transport.notify_queue(0), "not cut short");
         assert_eq!(f.used.load(std::sync::atomic::Ordering::SeqCst), 2);
         assert_eq!(read(&mut f.transport, REG_INTERRUPT_STATUS), 0);
         // It stops polling: the next used buffer interrupts again.
         f.mem.write_obj(0u16, avail_flags).unwrap();
         q.add_desc_chains(&descs[2..], 2).unwrap();
-        f.transport.notify_queue(0);
+        assert!(!f.transport.notify_queue(0), "not cut short");
         assert_eq!(
             read(&mut f.transport, REG_INTERRUPT_STATUS),
             INTERRUPT_USED_BUFFER

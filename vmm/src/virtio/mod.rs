@@ -60,9 +60,16 @@ pub trait VirtioDevice: Send {
     /// Writes the device-specific config space (read-only for our devices: ignored).
     fn write_config(&mut self, _offset: u64, _data: &[u8]) {}
     /// The driver notified queue `index`: serves its available buffers (and, for devices whose
-    /// queues work together, whatever that unblocks on the others). Returns true if any buffer
-    /// of any queue was used.
-    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool;
+    /// queues work together, whatever that unblocks on the others), taking chains only through
+    /// `round` (which says when it stopped with chains left). Returns true if any buffer of any
+    /// queue was used.
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+        round: &mut Round,
+    ) -> bool;
     /// A file descriptor the event loop watches on the device's behalf (a tap, or an epoll fd of
     /// the device's own sockets); when it is readable, [`Self::process_host_events`] runs.
     fn host_event_fd(&self) -> Option<RawFd> {
@@ -70,12 +77,14 @@ pub trait VirtioDevice: Send {
     }
     /// Host-side readiness on [`Self::host_event_fd`]. `active` is false until the driver has set
     /// the device up: the device must then only take note of the events, not touch `queues`.
-    /// Returns true if any buffer was used.
+    /// Chains are taken through `round`, as in [`Self::process_queue`]; what it leaves is served
+    /// when one of the device's queues is notified. Returns true if any buffer was used.
     fn process_host_events(
         &mut self,
         _queues: &mut [Queue],
         _mem: &GuestMemoryMmap,
         _active: bool,
+        _round: &mut Round,
     ) -> bool {
         false
     }
@@ -171,17 +180,80 @@ pub fn read_chain<M: GuestMemory + ?Sized>(
     Err(ChainError::Broken)
 }
 
-/// Serves every available chain of `queue` with `handle`, which returns the used length to
-/// report; a chain of more than `limit` descriptors, or otherwise refused by [`pop_chain`], is
-/// returned unused (length 0). Returns true if any chain was used.
+/// The most chains one round — one notification, or one batch of host events — takes from a
+/// device's queues before the event loop turns to its other events: a ring's worth. A guest that
+/// refills its ring as fast as the device serves it would otherwise keep the VMM thread from stop
+/// and exit events and from every other device; what is left waits for the next round.
+pub const CHAINS_PER_ROUND: u32 = 256;
+
+/// One round of serving a device: the chains it may still take, and whether it stopped with
+/// chains left (the event loop then serves the device again after its other events).
+#[derive(Debug)]
+pub struct Round {
+    left: u32,
+    cut_short: bool,
+}
+
+impl Round {
+    /// A round of [`CHAINS_PER_ROUND`] chains.
+    pub fn new() -> Self {
+        Self::with_budget(CHAINS_PER_ROUND)
+    }
+
+    /// A round of `chains` chains.
+    pub fn with_budget(chains: u32) -> Self {
+        Self {
+            left: chains,
+            cut_short: false,
+        }
+    }
+
+    /// [`pop_chain`] while the budget lasts. Once it is spent: None, as for an empty queue, and
+    /// the round is cut short if `queue` still holds chains.
+    pub fn pop_chain(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        limit: usize,
+    ) -> Option<(u16, Result<Vec<Desc>, ChainError>)> {
+        if self.left == 0 {
+            let waiting = queue
+                .avail_idx(mem, std::sync::atomic::Ordering::Acquire)
+                .is_ok_and(|idx| idx.0 != queue.next_avail());
+            if waiting {
+                self.cut_short = true;
+            }
+            return None;
+        }
+        let chain = pop_chain(queue, mem, limit)?;
+        self.left -= 1;
+        Some(chain)
+    }
+
+    /// Whether the budget ran out with chains still waiting.
+    pub fn cut_short(&self) -> bool {
+        self.cut_short
+    }
+}
+
+impl Default for Round {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Serves the available chains of `queue` with `handle`, which returns the used length to
+/// report, as many as `round` allows; a chain of more than `limit` descriptors, or otherwise
+/// refused by [`pop_chain`], is returned unused (length 0). Returns true if any chain was used.
 pub fn serve_queue(
     queue: &mut Queue,
     mem: &GuestMemoryMmap,
     limit: usize,
+    round: &mut Round,
     mut handle: impl FnMut(&[Desc]) -> u32,
 ) -> bool {
     let mut used_any = false;
-    while let Some((head, descs)) = pop_chain(queue, mem, limit) {
+    while let Some((head, descs)) = round.pop_chain(queue, mem, limit) {
         let len = descs.map_or(0, |descs| handle(&descs));
         if queue.add_used(mem, head, len).is_err() {
             // The used ring is not in guest memory: nothing more can be returned.
@@ -367,10 +439,16 @@ mod tests {
         q.add_desc_chains(&descs, 0).unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
         let mut handled = Vec::new();
-        assert!(serve_queue(&mut queue, &mem, 2, |descs| {
-            handled.push(descs.len());
-            7
-        }));
+        assert!(serve_queue(
+            &mut queue,
+            &mem,
+            2,
+            &mut Round::new(),
+            |descs| {
+                handled.push(descs.len());
+                7
+            }
+        ));
         assert_eq!(handled, vec![1]);
         let used: Vec<(u32, u32)> = (0..3)
             .map(|i| {

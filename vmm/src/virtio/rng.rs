@@ -3,7 +3,7 @@
 use virtio_queue::Queue;
 use vm_memory::{Bytes, GuestMemoryMmap};
 
-use super::{serve_queue, Desc, VirtioDevice, TYPE_RNG};
+use super::{serve_queue, Desc, Round, VirtioDevice, TYPE_RNG};
 
 /// Size of the one request queue.
 pub const QUEUE_SIZE: u16 = 256;
@@ -74,11 +74,19 @@ impl VirtioDevice for Rng {
         data.fill(0);
     }
 
-    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+        round: &mut Round,
+    ) -> bool {
         let Some(queue) = queues.get_mut(index) else {
             return false;
         };
-        serve_queue(queue, mem, MAX_CHAIN_DESCS, |descs| self.fill(descs, mem))
+        serve_queue(queue, mem, MAX_CHAIN_DESCS, round, |descs| {
+            self.fill(descs, mem)
+        })
     }
 }
 
@@ -99,7 +107,7 @@ mod tests {
         ])
         .unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(Rng.process_queue(0, std::slice::from_mut(&mut queue), &mem));
+        assert!(Rng.process_queue(0, std::slice::from_mut(&mut queue), &mem, &mut Round::new()));
         let used_len: u32 = mem.read_obj(q.used_addr().unchecked_add(8)).unwrap();
         assert_eq!(used_len, 64);
         let mut buf = [0u8; 64];
@@ -118,7 +126,7 @@ mod tests {
         ))])
         .unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(Rng.process_queue(0, std::slice::from_mut(&mut queue), &mem));
+        assert!(Rng.process_queue(0, std::slice::from_mut(&mut queue), &mem, &mut Round::new()));
         let used_len: u32 = mem.read_obj(q.used_addr().unchecked_add(8)).unwrap();
         assert_eq!(used_len, 0);
     }
@@ -139,7 +147,7 @@ mod tests {
         )
         .unwrap();
         let mut queue: Queue = q.create_queue().unwrap();
-        assert!(Rng.process_queue(0, std::slice::from_mut(&mut queue), &mem));
+        assert!(Rng.process_queue(0, std::slice::from_mut(&mut queue), &mem, &mut Round::new()));
         let used = |i: u64| -> (u32, u32) {
             let elem = q.used_addr().unchecked_add(4 + 8 * i);
             (

@@ -23,7 +23,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use self::header::{check_tx, NetHeader, TxOffloads, MIN_FRAME, NET_HDR_LEN};
 use self::tap::{Tap, TapError, TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6};
-use super::{pop_chain, read_config_bytes, Desc, VirtioDevice, TYPE_NET};
+use super::{read_config_bytes, Desc, Round, VirtioDevice, TYPE_NET};
 use crate::config::MacAddr;
 
 /// Queue sizes (receive, transmit).
@@ -170,10 +170,10 @@ impl Net {
     }
 
     /// Sends every frame the guest queued.
-    fn process_tx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_tx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap, round: &mut Round) -> bool {
         let mut used_any = false;
         let offloads = self.tx_offloads();
-        while let Some((head, descs)) = pop_chain(queue, mem, MAX_CHAIN_DESCS) {
+        while let Some((head, descs)) = round.pop_chain(queue, mem, MAX_CHAIN_DESCS) {
             let sent = descs.is_ok_and(|descs| self.send_frame(&descs, mem, offloads).is_ok());
             if sent {
                 self.stats.tx_frames += 1;
@@ -212,7 +212,7 @@ impl Net {
     }
 
     /// Moves frames from the tap into the guest's receive buffers until either runs out.
-    fn process_rx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_rx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap, round: &mut Round) -> bool {
         let mut used_any = false;
         let mut errors = 0;
         loop {
@@ -243,7 +243,7 @@ impl Net {
                 }
                 continue;
             }
-            match self.deliver_frame(queue, mem) {
+            match self.deliver_frame(queue, mem, round) {
                 Delivery::Delivered => self.stats.rx_frames += 1,
                 // Back-pressure: the frame waits here (and the next ones in the tap) until the
                 // driver adds buffers.
@@ -268,7 +268,12 @@ impl Net {
     /// buffers as many as it takes, their count written to the header's `num_buffers` — and marks
     /// them used. Without enough buffers, keeps the frame and the chains it took (see
     /// `rx_held`) for the next attempt.
-    fn deliver_frame(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> Delivery {
+    fn deliver_frame(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        round: &mut Round,
+    ) -> Delivery {
         let mergeable = self.acked & F_MRG_RXBUF != 0;
         let frame = &self.rx_frame[..self.rx_pending];
         // (head, descriptors, bytes written) of each chain this frame went into.
@@ -282,7 +287,7 @@ impl Net {
             }
             let (head, descs) = match self.rx_held.pop_front() {
                 Some(held) => held,
-                None => match pop_chain(queue, mem, MAX_CHAIN_DESCS) {
+                None => match round.pop_chain(queue, mem, MAX_CHAIN_DESCS) {
                     Some((head, Ok(descs))) => (head, descs),
                     // A refused chain holds nothing: like any chain we cannot fill, it goes back
                     // empty and the frame is dropped.
@@ -486,11 +491,17 @@ impl VirtioDevice for Net {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+        round: &mut Round,
+    ) -> bool {
         self.apply_offload();
         match (index, queues.get_mut(index)) {
-            (TX, Some(q)) => self.process_tx(q, mem),
-            (RX, Some(q)) => self.process_rx(q, mem),
+            (TX, Some(q)) => self.process_tx(q, mem, round),
+            (RX, Some(q)) => self.process_rx(q, mem, round),
             _ => false,
         }
     }
@@ -504,6 +515,7 @@ impl VirtioDevice for Net {
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
         active: bool,
+        round: &mut Round,
     ) -> bool {
         self.drain_events();
         if !active {
@@ -511,7 +523,7 @@ impl VirtioDevice for Net {
         }
         self.apply_offload();
         match queues.get_mut(RX) {
-            Some(q) => self.process_rx(q, mem),
+            Some(q) => self.process_rx(q, mem, round),
             None => false,
         }
     }
@@ -640,7 +652,8 @@ mod tests {
             ];
             self.txq.add_desc_chains(&descs, i).unwrap();
             self.tx_sent += 1;
-            self.net.process_queue(TX, &mut self.queues, self.mem);
+            self.net
+                .process_queue(TX, &mut self.queues, self.mem, &mut Round::new());
         }
 
         fn used_rx(&self) -> Vec<(u16, u32)> {
@@ -719,7 +732,8 @@ mod tests {
         }
         let d = RawDescriptor::from(SplitDescriptor::new(table, 32, 4, 0));
         f.txq.add_desc_chains(&[d], 200).unwrap();
-        f.net.process_queue(TX, &mut f.queues, f.mem);
+        f.net
+            .process_queue(TX, &mut f.queues, f.mem, &mut Round::new());
         assert!(recv(&f.peer).is_none());
         assert_eq!((f.net.stats.tx_frames, f.net.stats.tx_dropped), (0, 1));
         f.transmit(NetHeader::default(), &data);
@@ -742,13 +756,18 @@ mod tests {
             send(&f.peer, &pkt);
         }
         // No buffers yet: nothing is read, nothing lost.
-        assert!(!f.net.process_host_events(&mut f.queues, f.mem, true));
+        assert!(!f
+            .net
+            .process_host_events(&mut f.queues, f.mem, true, &mut Round::new()));
         assert!(f.used_rx().is_empty());
         f.post_rx(2);
-        assert!(f.net.process_queue(RX, &mut f.queues, f.mem));
+        assert!(f
+            .net
+            .process_queue(RX, &mut f.queues, f.mem, &mut Round::new()));
         assert_eq!(f.used_rx().len(), 2);
         f.post_rx(2);
-        f.net.process_queue(RX, &mut f.queues, f.mem);
+        f.net
+            .process_queue(RX, &mut f.queues, f.mem, &mut Round::new());
         let used = f.used_rx();
         assert_eq!(used.len(), 3);
         for (i, (id, len)) in used.iter().enumerate() {
@@ -773,10 +792,14 @@ mod tests {
         send(&f.peer, &pkt);
         // 2 KiB of buffers cannot hold 3012 bytes: the frame waits, the chains are given back.
         f.post_rx_single(2, 1024);
-        assert!(!f.net.process_host_events(&mut f.queues, f.mem, true));
+        assert!(!f
+            .net
+            .process_host_events(&mut f.queues, f.mem, true, &mut Round::new()));
         assert!(f.used_rx().is_empty());
         f.post_rx_single(2, 1024);
-        assert!(f.net.process_queue(RX, &mut f.queues, f.mem));
+        assert!(f
+            .net
+            .process_queue(RX, &mut f.queues, f.mem, &mut Round::new()));
         assert_eq!(f.used_rx(), vec![(0, 1024), (1, 1024), (2, 964)]);
         let mut got = Vec::new();
         for (id, len) in f.used_rx() {
@@ -790,7 +813,8 @@ mod tests {
         assert_eq!((f.net.stats.rx_frames, f.net.stats.rx_dropped), (1, 0));
         // The fourth chain is still the guest's, for the next frame.
         send(&f.peer, &pkt[..112]);
-        f.net.process_host_events(&mut f.queues, f.mem, true);
+        f.net
+            .process_host_events(&mut f.queues, f.mem, true, &mut Round::new());
         assert_eq!(f.used_rx().last(), Some(&(3, 112)));
     }
 
@@ -803,7 +827,8 @@ mod tests {
         pkt.extend_from_slice(&frame(3000, 5));
         send(&f.peer, &pkt);
         send(&f.peer, &pkt[..200]);
-        f.net.process_host_events(&mut f.queues, f.mem, true);
+        f.net
+            .process_host_events(&mut f.queues, f.mem, true, &mut Round::new());
         assert_eq!(f.used_rx(), vec![(0, 0), (1, 200)]);
         assert_eq!((f.net.stats.rx_frames, f.net.stats.rx_dropped), (1, 1));
     }
@@ -818,7 +843,8 @@ mod tests {
         let mut pkt = NetHeader::default().to_bytes().to_vec();
         pkt.extend_from_slice(&frame(100, 9));
         send(&f.peer, &pkt);
-        f.net.process_host_events(&mut f.queues, f.mem, true);
+        f.net
+            .process_host_events(&mut f.queues, f.mem, true, &mut Round::new());
         assert_eq!(f.used_rx(), vec![(0, 0)]);
         assert_eq!(f.net.stats.rx_dropped, 1);
     }

@@ -25,7 +25,7 @@ use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 
 use self::connection::{ConnectLine, Connection, State};
 use self::packet::{op, Header, HDR_LEN, HOST_CID, TYPE_STREAM};
-use super::{pop_chain, read_config_bytes, VirtioDevice, TYPE_VSOCK};
+use super::{read_config_bytes, Round, VirtioDevice, TYPE_VSOCK};
 
 /// Size of each of the three queues (receive, transmit, event).
 pub const QUEUE_SIZE: u16 = 256;
@@ -297,10 +297,10 @@ impl Vsock {
     }
 
     /// Serves the transmit queue: every packet the guest sent.
-    fn process_tx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_tx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap, round: &mut Round) -> bool {
         let mut used_any = false;
         let mut payload = std::mem::take(&mut self.scratch);
-        while let Some((head, descs)) = pop_chain(queue, mem, MAX_CHAIN_DESCS) {
+        while let Some((head, descs)) = round.pop_chain(queue, mem, MAX_CHAIN_DESCS) {
             let packet = descs
                 .ok()
                 .and_then(|descs| packet::read_tx(&descs, mem, &mut payload).ok());
@@ -371,11 +371,11 @@ impl Vsock {
     }
 
     /// Fills the receive queue with what is owed to the guest, until either runs out.
-    fn process_rx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap) -> bool {
+    fn process_rx(&mut self, queue: &mut Queue, mem: &GuestMemoryMmap, round: &mut Round) -> bool {
         let mut used_any = false;
         let mut buf = std::mem::take(&mut self.scratch);
         while !self.rx_resets.is_empty() || !self.rx_ready.is_empty() {
-            let Some((head, descs)) = pop_chain(queue, mem, MAX_CHAIN_DESCS) else {
+            let Some((head, descs)) = round.pop_chain(queue, mem, MAX_CHAIN_DESCS) else {
                 break; // resumes when the driver adds buffers
             };
             // A refused chain, or one that cannot hold a packet, goes back empty.
@@ -500,16 +500,22 @@ impl VirtioDevice for Vsock {
         read_config_bytes(&self.config, offset, data);
     }
 
-    fn process_queue(&mut self, index: usize, queues: &mut [Queue], mem: &GuestMemoryMmap) -> bool {
+    fn process_queue(
+        &mut self,
+        index: usize,
+        queues: &mut [Queue],
+        mem: &GuestMemoryMmap,
+        round: &mut Round,
+    ) -> bool {
         let mut used = false;
         if index == TX {
             if let Some(tx) = queues.get_mut(TX) {
-                used |= self.process_tx(tx, mem);
+                used |= self.process_tx(tx, mem, round);
             }
         }
         if index == TX || index == RX {
             if let Some(rx) = queues.get_mut(RX) {
-                used |= self.process_rx(rx, mem);
+                used |= self.process_rx(rx, mem, round);
             }
         }
         // The event queue only holds buffers for transport-reset events, which we never send.
@@ -525,10 +531,11 @@ impl VirtioDevice for Vsock {
         queues: &mut [Queue],
         mem: &GuestMemoryMmap,
         active: bool,
+        round: &mut Round,
     ) -> bool {
         self.handle_host_events();
         match queues.get_mut(RX) {
-            Some(rx) if active => self.process_rx(rx, mem),
+            Some(rx) if active => self.process_rx(rx, mem, round),
             _ => false,
         }
     }
@@ -614,7 +621,7 @@ mod tests {
             let d = RawDescriptor::from(SplitDescriptor::new(addr, len, 0, 0));
             self.txq.add_desc_chains(&[d], self.tx_sent % 256).unwrap();
             self.tx_sent += 1;
-            dev.process_queue(TX, &mut self.queues, self.mem);
+            dev.process_queue(TX, &mut self.queues, self.mem, &mut Round::new());
         }
 
         /// Packets the device put on the receive queue since the last call.
@@ -653,12 +660,12 @@ mod tests {
                 self.mem
                     .write_obj(idx.wrapping_add(1), avail.unchecked_add(2))
                     .unwrap();
-                dev.process_queue(TX, &mut self.queues, self.mem);
+                dev.process_queue(TX, &mut self.queues, self.mem, &mut Round::new());
             }
         }
 
         fn host_events(&mut self, dev: &mut Vsock) {
-            dev.process_host_events(&mut self.queues, self.mem, true);
+            dev.process_host_events(&mut self.queues, self.mem, true, &mut Round::new());
         }
     }
 
@@ -940,7 +947,7 @@ mod tests {
         );
         // The resets kept reach the guest once it posts buffers.
         g.post_rx(256);
-        dev.process_queue(RX, &mut g.queues, &m);
+        dev.process_queue(RX, &mut g.queues, &m, &mut Round::new());
         let pkts = g.recv();
         assert_eq!(pkts.len(), 256);
         assert!(pkts
@@ -971,7 +978,7 @@ mod tests {
         let d = RawDescriptor::from(SplitDescriptor::new(table, 16, INDIRECT, 0));
         g.txq.add_desc_chains(&[d], 0).unwrap();
         g.tx_sent += 1;
-        dev.process_queue(TX, &mut g.queues, &m);
+        dev.process_queue(TX, &mut g.queues, &m, &mut Round::new());
         assert_eq!(dev.stats.bad_packets, 1);
         assert_eq!(dev.connection_count(), 0);
         assert!(g.recv().is_empty());
