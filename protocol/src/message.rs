@@ -1,5 +1,6 @@
 //! The messages and their encoding (see the crate documentation for the format).
 
+use crate::privileges::{Privileges, Ulimit, RESOURCE_LIMITS};
 use crate::wire::{self, Reader};
 use crate::{ProtocolError, LEN_SIZE, MAX_CHUNK, MAX_FRAME, VERSION};
 
@@ -78,6 +79,8 @@ pub struct ContainerSpec {
     pub hostname: String,
     /// How long a stop request waits after SIGTERM before SIGKILL, in milliseconds.
     pub stop_timeout_ms: u32,
+    /// Its capabilities, `no_new_privs` and resource limits.
+    pub privileges: Privileges,
 }
 
 /// One protocol message. See the crate documentation for directions and encodings.
@@ -234,7 +237,8 @@ impl Message {
                 .saturating_add(wire::bytes_len(spec.cwd.as_bytes()))
                 .saturating_add(wire::bytes_len(spec.user.as_bytes()))
                 .saturating_add(wire::bytes_len(spec.hostname.as_bytes()))
-                .saturating_add(4),
+                .saturating_add(4 + 8 + 1 + 4)
+                .saturating_add(spec.privileges.ulimits.len().saturating_mul(4 + 8 + 8)),
             Message::Stop { .. } => 4,
             Message::Started { .. } => 4 + 8,
         };
@@ -339,6 +343,14 @@ impl Message {
                 wire::put_str(out, &spec.user);
                 wire::put_str(out, &spec.hostname);
                 wire::put_u32(out, spec.stop_timeout_ms);
+                wire::put_u64(out, spec.privileges.capabilities);
+                wire::put_u8(out, u8::from(spec.privileges.no_new_privileges));
+                wire::put_u32(out, spec.privileges.ulimits.len() as u32);
+                for limit in &spec.privileges.ulimits {
+                    wire::put_u32(out, limit.resource);
+                    wire::put_u64(out, limit.soft);
+                    wire::put_u64(out, limit.hard);
+                }
             }
             Message::Stop { id } => wire::put_u32(out, *id),
             Message::Started { id, boot_ms } => {
@@ -426,6 +438,7 @@ impl Message {
                     user: r.string("RunContainer.user")?,
                     hostname: r.string("RunContainer.hostname")?,
                     stop_timeout_ms: r.u32("RunContainer.stop_timeout_ms")?,
+                    privileges: read_privileges(&mut r)?,
                 },
             },
             ty::STOP => Message::Stop {
@@ -441,6 +454,50 @@ impl Message {
         msg.validate()?;
         Ok(msg)
     }
+}
+
+/// `RunContainer`'s privileges: a flag of 0 or 1, and at most one limit per known resource.
+fn read_privileges(r: &mut Reader<'_>) -> Result<Privileges, ProtocolError> {
+    let capabilities = r.u64("RunContainer.capabilities")?;
+    let no_new_privileges = match r.u8("RunContainer.no_new_privileges")? {
+        0 => false,
+        1 => true,
+        value => {
+            return Err(ProtocolError::InvalidValue {
+                field: "RunContainer.no_new_privileges",
+                value: u32::from(value),
+            })
+        }
+    };
+    let count = r.u32("RunContainer.ulimits")?;
+    if count as usize > RESOURCE_LIMITS.len() {
+        return Err(ProtocolError::InvalidValue {
+            field: "RunContainer.ulimits",
+            value: count,
+        });
+    }
+    let mut ulimits: Vec<Ulimit> = Vec::with_capacity(count as usize);
+    for _ in 0..count {
+        let resource = r.u32("RunContainer.ulimits.resource")?;
+        let limit = Ulimit {
+            resource,
+            soft: r.u64("RunContainer.ulimits.soft")?,
+            hard: r.u64("RunContainer.ulimits.hard")?,
+        };
+        let known = RESOURCE_LIMITS.iter().any(|(_, r)| *r == resource);
+        if !known || ulimits.iter().any(|u| u.resource == resource) {
+            return Err(ProtocolError::InvalidValue {
+                field: "RunContainer.ulimits.resource",
+                value: resource,
+            });
+        }
+        ulimits.push(limit);
+    }
+    Ok(Privileges {
+        capabilities,
+        no_new_privileges,
+        ulimits,
+    })
 }
 
 #[cfg(test)]
@@ -520,6 +577,7 @@ pub(crate) mod tests {
                     user: "1000:1000".into(),
                     hostname: "task-1".into(),
                     stop_timeout_ms: 10_000,
+                    privileges: Privileges::default(),
                 },
             },
             Message::RunContainer {
@@ -533,6 +591,11 @@ pub(crate) mod tests {
                     user: String::new(),
                     hostname: String::new(),
                     stop_timeout_ms: u32::MAX,
+                    privileges: Privileges {
+                        capabilities: u64::MAX,
+                        no_new_privileges: false,
+                        ulimits: vec![],
+                    },
                 },
             },
             Message::Stop { id: 9 },

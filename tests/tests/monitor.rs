@@ -29,6 +29,7 @@ fn request(id: &str) -> StartRequest {
         ephemeral_gib: 1,
         stop_timeout_s: 2,
         jail_uid: 100_000,
+        privileges: Default::default(),
     }
 }
 

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use api::executor::guest_control::ContainerEvent;
+use api::executor::privileges::{self, PrivilegeSettings, UlimitSetting};
 use api::executor::runner::{run_task, JailSettings, TaskConfig, TaskNetwork};
 use clap::Parser;
 use skiff_protocol::Stream;
@@ -97,6 +98,20 @@ struct Args {
     /// Where the jailer makes jails.
     #[arg(long, default_value = "/srv/jailer", requires = "jailer")]
     chroot_base: PathBuf,
+    /// A capability for the container beyond Docker's defaults, e.g. NET_ADMIN, or ALL
+    /// (repeatable).
+    #[arg(long, value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// A capability taken from the container, or ALL (repeatable).
+    #[arg(long, value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// A resource limit, NAME=SOFT[:HARD], e.g. nofile=1024:4096 (repeatable; nofile is 65535
+    /// unless given).
+    #[arg(long, value_name = "NAME=SOFT[:HARD]", value_parser = privileges::parse_ulimit)]
+    ulimit: Vec<UlimitSetting>,
+    /// no-new-privileges=false lets setuid programs and file capabilities work (on by default).
+    #[arg(long, value_name = "no-new-privileges[=BOOL]", value_parser = privileges::parse_security_opt)]
+    security_opt: Vec<bool>,
     /// Print the task's timings and the VMM's peak memory to stderr at the end.
     #[arg(long)]
     timings: bool,
@@ -196,6 +211,12 @@ fn run(args: Args) -> anyhow::Result<i32> {
         memory_mib: args.memory_mib,
         ephemeral_storage: args.ephemeral_storage_mib << 20,
         stop_timeout: seconds("--stop-timeout", args.stop_timeout)?,
+        privileges: PrivilegeSettings {
+            cap_add: args.cap_add,
+            cap_drop: args.cap_drop,
+            no_new_privileges: args.security_opt.last().copied().unwrap_or(true),
+            ulimits: args.ulimit,
+        },
         boot_timeout: seconds("--boot-timeout", args.boot_timeout)?,
         vmm: args.vmm.unwrap_or_else(default_vmm),
         kernel: args.kernel,

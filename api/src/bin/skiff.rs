@@ -270,6 +270,18 @@ struct RunArgs {
     /// Seconds between SIGTERM and SIGKILL when the task is stopped (2-120).
     #[arg(long)]
     stop_timeout: Option<u32>,
+    /// A capability beyond Docker's defaults, e.g. NET_ADMIN, or ALL (repeatable).
+    #[arg(long, value_name = "CAP")]
+    cap_add: Vec<String>,
+    /// A capability taken away, or ALL (repeatable).
+    #[arg(long, value_name = "CAP")]
+    cap_drop: Vec<String>,
+    /// A resource limit, NAME=SOFT[:HARD], e.g. nofile=1024:4096 (repeatable).
+    #[arg(long, value_name = "NAME=SOFT[:HARD]", value_parser = api::executor::privileges::parse_ulimit)]
+    ulimit: Vec<api::executor::privileges::UlimitSetting>,
+    /// no-new-privileges=false lets setuid programs and file capabilities work (on by default).
+    #[arg(long, value_name = "no-new-privileges[=BOOL]")]
+    security_opt: Vec<String>,
     /// The command (replaces the image's Cmd).
     #[arg(last = true)]
     command: Vec<String>,
@@ -284,6 +296,10 @@ async fn run(c: &Client, json_out: bool, args: RunArgs) -> anyhow::Result<i32> {
         name,
         detach,
         stop_timeout,
+        cap_add,
+        cap_drop,
+        ulimit,
+        security_opt,
         command,
     } = args;
     let family = name.unwrap_or_else(|| family_for(&image));
@@ -307,19 +323,44 @@ async fn run(c: &Client, json_out: bool, args: RunArgs) -> anyhow::Result<i32> {
         Err(ClientError::Api { status: 404, .. }) => None,
         Err(e) => return Err(e.into()),
     };
+    let mut container = json!({"name": "main", "image": image});
+    if let Some(t) = stop_timeout {
+        container["stopTimeout"] = json!(t);
+    }
+    let mut capabilities = serde_json::Map::new();
+    for (key, list) in [("add", cap_add), ("drop", cap_drop)] {
+        if !list.is_empty() {
+            capabilities.insert(key.into(), json!(list));
+        }
+    }
+    if !capabilities.is_empty() {
+        container["linuxParameters"] = json!({"capabilities": capabilities});
+    }
+    if !ulimit.is_empty() {
+        container["ulimits"] = ulimit
+            .iter()
+            .map(|u| json!({"name": u.name, "softLimit": u.soft, "hardLimit": u.hard}))
+            .collect();
+    }
+    if !security_opt.is_empty() {
+        container["dockerSecurityOptions"] = json!(security_opt);
+    }
     let same = existing.as_ref().filter(|d| {
         d["cpu"] == cpu
             && d["memory"] == memory
-            && d["containerDefinitions"][0]["image"] == image.as_str()
-            && d["containerDefinitions"][0]["stopTimeout"] == json!(stop_timeout)
+            && [
+                "image",
+                "stopTimeout",
+                "linuxParameters",
+                "ulimits",
+                "dockerSecurityOptions",
+            ]
+            .iter()
+            .all(|key| d["containerDefinitions"][0][key] == container[key])
     });
     let definition = match same {
         Some(d) => format!("{}:{}", family, d["revision"]),
         None => {
-            let mut container = json!({"name": "main", "image": image});
-            if let Some(t) = stop_timeout {
-                container["stopTimeout"] = json!(t);
-            }
             let body = json!({"family": family, "cpu": cpu, "memory": memory,
                 "containerDefinitions": [container]});
             let d: Value = c

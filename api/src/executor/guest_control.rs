@@ -521,6 +521,26 @@ mod tests {
     }
 
     #[test]
+    fn once_guest_init_is_connected_nothing_else_in_the_guest_reaches_the_host_end() {
+        let uds = temp("only-init");
+        let listener = ControlListener::bind(&uds).unwrap();
+        let path = control_socket_path(&uds);
+        let mut guest = UnixStream::connect(&path).unwrap();
+        let hello = Message::Hello {
+            version: 1,
+            boot_ms: 1,
+            kernel: "6.1.0".into(),
+        };
+        write_message(&mut guest, &hello).unwrap();
+        let _control = listener.accept(Duration::from_secs(5)).unwrap();
+        // What the runner does after hello: a container's connection to port 1024 (which
+        // the VMM turns into a connection to this socket) is refused from then on.
+        drop(listener);
+        let err = UnixStream::connect(&path).unwrap_err();
+        assert_eq!(err.kind(), std::io::ErrorKind::NotFound, "{err}");
+    }
+
+    #[test]
     fn a_silent_or_rude_guest_is_a_clear_error() {
         let uds = temp("rude");
         let listener = ControlListener::bind(&uds).unwrap();

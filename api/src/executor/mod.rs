@@ -9,6 +9,7 @@ pub mod guest_control;
 pub mod local;
 pub mod logs;
 pub mod monitor;
+pub mod privileges;
 pub mod runner;
 
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ pub struct StartRequest {
     pub stop_timeout_s: u32,
     /// The jail's uid and gid.
     pub jail_uid: u32,
+    /// What the container's process may do.
+    pub privileges: privileges::PrivilegeSettings,
 }
 
 /// What is known of a task's monitor without talking to it.

@@ -23,6 +23,7 @@ use skiff_vm_config::{ConfigError, DiskConfig, NetConfig, SerialOutput, VmConfig
 use crate::executor::guest_control::{
     control_socket_path, ContainerEvent, ContainerOutcome, ControlError, ControlListener,
 };
+use crate::executor::privileges::PrivilegeSettings;
 
 /// The guest's vsock CID (any value above 2 works: each VM has its own device).
 const GUEST_CID: u32 = 3;
@@ -61,6 +62,8 @@ pub enum RunError {
     ImageDisk(#[from] ImageDiskError),
     #[error(transparent)]
     Scratch(#[from] ScratchError),
+    #[error("the task's privileges: {0}")]
+    Privileges(#[from] skiff_protocol::privileges::PrivilegeError),
     #[error("the image defines no command and the task gives none")]
     NoCommand,
     #[error("hostname {name:?}: {reason}")]
@@ -117,6 +120,9 @@ pub struct TaskConfig {
     /// Size of the scratch disk in bytes.
     pub ephemeral_storage: u64,
     pub stop_timeout: Duration,
+    /// What the container's process may do (Docker's defaults when absent).
+    #[serde(default)]
+    pub privileges: PrivilegeSettings,
     /// How long guest-init may take to connect.
     pub boot_timeout: Duration,
     /// The VMM binary, guest kernel and initramfs (with guest-init).
@@ -296,6 +302,7 @@ pub fn container_spec(task: &TaskConfig, image: &RunConfig) -> Result<ContainerS
             .unwrap_or_default(),
         hostname: task.hostname.clone(),
         stop_timeout_ms: u32::try_from(task.stop_timeout.as_millis()).unwrap_or(u32::MAX),
+        privileges: task.privileges.resolve()?,
     })
 }
 
@@ -649,6 +656,9 @@ pub fn run_task(
             return Err(RunError::BootTimeout(task.boot_timeout));
         }
     };
+    // One guest-init per task: nothing else in the guest (a container opening a vsock
+    // connection to port 1024) may reach the host's end of the control channel.
+    drop(listener);
     let to_hello = start.elapsed();
     let mut to_started = None;
     let mut vmm_overhead = None;
@@ -753,6 +763,7 @@ mod tests {
             memory_mib: 256,
             ephemeral_storage: scratch_disk::DEFAULT_SIZE,
             stop_timeout: Duration::from_secs(10),
+            privileges: PrivilegeSettings::default(),
             boot_timeout: Duration::from_secs(60),
             vmm: PathBuf::new(),
             kernel: PathBuf::new(),

@@ -123,6 +123,7 @@ fn start_request(service: &Service<impl Executor>, task: &Task) -> Result<StartR
             .stop_timeout
             .unwrap_or(super::validate::DEFAULT_STOP_TIMEOUT),
         jail_uid: task.jail_uid,
+        privileges: container.privileges()?,
     })
 }
 

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::executor::privileges::{self, PrivilegeSettings, UlimitSetting};
+
 /// Milliseconds since the Unix epoch.
 pub type Millis = i64;
 
@@ -203,6 +205,71 @@ pub struct ContainerDefinition {
     pub cpu: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory: Option<u32>,
+    /// Capabilities added to or dropped from Docker's defaults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linux_parameters: Option<LinuxParameters>,
+    /// Resource limits (`nofile` is 65535 unless given, as on Fargate).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ulimits: Vec<Ulimit>,
+    /// `no-new-privileges[=true|false]`: on unless the task turns it off.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub docker_security_options: Vec<String>,
+}
+
+/// `linuxParameters`: what Skiff applies of it.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LinuxParameters {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub capabilities: Option<KernelCapabilities>,
+}
+
+/// `linuxParameters.capabilities`: names as in capabilities(7) without `CAP_`, or `ALL`.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KernelCapabilities {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub drop: Vec<String>,
+}
+
+/// One `ulimits` entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Ulimit {
+    pub name: String,
+    pub soft_limit: u64,
+    pub hard_limit: u64,
+}
+
+impl ContainerDefinition {
+    /// What the container's process may do, by name (checked by [`PrivilegeSettings::resolve`]).
+    pub fn privileges(&self) -> Result<PrivilegeSettings, String> {
+        let caps = self
+            .linux_parameters
+            .as_ref()
+            .and_then(|p| p.capabilities.clone())
+            .unwrap_or_default();
+        let mut no_new_privileges = true;
+        for option in &self.docker_security_options {
+            no_new_privileges = privileges::parse_security_opt(option)?;
+        }
+        Ok(PrivilegeSettings {
+            cap_add: caps.add,
+            cap_drop: caps.drop,
+            no_new_privileges,
+            ulimits: self
+                .ulimits
+                .iter()
+                .map(|u| UlimitSetting {
+                    name: u.name.clone(),
+                    soft: u.soft_limit,
+                    hard: u.hard_limit,
+                })
+                .collect(),
+        })
+    }
 }
 
 fn yes() -> bool {

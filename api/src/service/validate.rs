@@ -2,6 +2,7 @@
 //! storage, containers) and RunTask requests. Every refusal names the field.
 
 use serde::{Deserialize, Serialize};
+use skiff_protocol::privileges::PrivilegeError;
 
 use super::model::{ContainerDefinition, EphemeralStorage, Tag, TaskDefinition, TaskOverrides};
 
@@ -323,6 +324,16 @@ fn check_container(i: usize, c: &ContainerDefinition) -> Result<(), Invalid> {
             &creds.credentials_parameter,
         )?;
     }
+    let privileges = c
+        .privileges()
+        .map_err(|reason| invalid(field("dockerSecurityOptions"), reason))?;
+    privileges.resolve().map_err(|e| {
+        let name = match e {
+            PrivilegeError::UnknownCapability(_) => "linuxParameters.capabilities",
+            _ => "ulimits",
+        };
+        invalid(field(name), e.to_string())
+    })?;
     Ok(())
 }
 

@@ -1,6 +1,8 @@
 //! What the container's process does between fork and exec (in Rust's `pre_exec`): a mount
 //! namespace of its own, `pivot_root` into the container's root, the pseudo-filesystems and
-//! device nodes a process expects, the working directory, then its user and groups.
+//! device nodes a process expects, the working directory, its resource limits, its capability
+//! bounding set, then its user and groups, and `no_new_privs`. (It is PID 1 of a PID namespace
+//! of its own: init forks it there, see `super::start`.)
 //!
 //! guest-init is single-threaded, so allocating here (after fork) is safe. A failing step writes
 //! its reason to `reason_fd` (a close-on-exec pipe init reads) and fails the spawn.
@@ -9,6 +11,8 @@ use std::ffi::CString;
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+
+use skiff_protocol::privileges::Privileges;
 
 use super::user::Credentials;
 
@@ -23,6 +27,7 @@ pub struct ChildSetup {
     /// The working directory inside the container.
     pub cwd: PathBuf,
     pub credentials: Credentials,
+    pub privileges: Privileges,
 }
 
 /// A failed step: what it was, and the OS error.
@@ -195,6 +200,57 @@ fn mount_pseudo_filesystems() -> Result<(), StepError> {
     populate_dev()
 }
 
+/// The task's resource limits (raising a hard limit needs `CAP_SYS_RESOURCE`: before the
+/// capabilities go).
+fn set_limits(privileges: &Privileges) -> Result<(), StepError> {
+    for limit in &privileges.ulimits {
+        let value = libc::rlimit {
+            rlim_cur: limit.soft,
+            rlim_max: limit.hard,
+        };
+        // SAFETY: `value` is a valid rlimit; the resource number was checked by the protocol.
+        let rc = unsafe { libc::setrlimit(limit.resource as libc::__rlimit_resource_t, &value) };
+        check(rc, || {
+            format!("setrlimit {} {}:{}", limit.resource, limit.soft, limit.hard)
+        })?;
+    }
+    Ok(())
+}
+
+/// Drops every capability outside the task's set from the bounding set: root in the container
+/// gets exactly that set at exec, and no other user can gain more (setuid binaries, file
+/// capabilities). Capabilities this kernel does not know end the loop.
+fn bound_capabilities(privileges: &Privileges) -> Result<(), StepError> {
+    for cap in 0..64u32 {
+        if privileges.capabilities & (1 << cap) != 0 {
+            continue;
+        }
+        // SAFETY: prctl with integer arguments only.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, cap as libc::c_ulong, 0, 0, 0) };
+        if rc != 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINVAL) {
+                break; // past the kernel's last capability
+            }
+            return Err(StepError(format!(
+                "dropping capability {cap} from the bounding set: {}",
+                std::io::Error::last_os_error()
+            )));
+        }
+    }
+    // No ambient capabilities are inherited (init has none; cleared all the same).
+    // SAFETY: prctl with integer arguments only.
+    unsafe {
+        libc::prctl(
+            libc::PR_CAP_AMBIENT,
+            libc::PR_CAP_AMBIENT_CLEAR_ALL,
+            0,
+            0,
+            0,
+        )
+    };
+    Ok(())
+}
+
 fn become_user(creds: &Credentials) -> Result<(), StepError> {
     let groups: Vec<libc::gid_t> = creds.groups.clone();
     // SAFETY: `groups` holds `groups.len()` gids; setgid/setuid take plain integers.
@@ -237,7 +293,15 @@ pub fn enter(setup: &ChildSetup, reason_fd: RawFd) -> std::io::Result<()> {
         mkdir_p(&setup.cwd, 0o755)?;
         std::env::set_current_dir(&setup.cwd)
             .map_err(|e| StepError(format!("working directory {}: {e}", setup.cwd.display())))?;
-        become_user(&setup.credentials)
+        set_limits(&setup.privileges)?;
+        bound_capabilities(&setup.privileges)?;
+        become_user(&setup.credentials)?;
+        if setup.privileges.no_new_privileges {
+            // SAFETY: prctl with integer arguments only.
+            let rc = unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) };
+            check(rc, || "PR_SET_NO_NEW_PRIVS".into())?;
+        }
+        Ok(())
     })();
     match result {
         Ok(()) => Ok(()),

@@ -1,6 +1,8 @@
 //! Running a container task: guest-init builds the root filesystem from the image disk onto the
-//! scratch disk, writes the files the runtime owns, starts the process in its own mount
-//! namespace after `pivot_root`, and supervises it — its stdout and stderr go to the host as they
+//! scratch disk, writes the files the runtime owns, starts the process as PID 1 of a PID
+//! namespace of its own (guest-init is out of its sight and reach, as Kata keeps its agent) and
+//! in its own mount namespace after `pivot_root`, with the task's capabilities and limits, and
+//! supervises it — its stdout and stderr go to the host as they
 //! come, signals init receives (SIGTERM, SIGINT) are forwarded, every orphan is reaped, a stop
 //! request is SIGTERM then SIGKILL after the stop timeout — and reports how it ended. When the
 //! process ends, whatever it left running is killed (the task is the VM).
@@ -185,6 +187,7 @@ fn prepare(
             root,
             cwd,
             credentials,
+            privileges: spec.privileges.clone(),
         },
         env,
     ))
@@ -227,6 +230,7 @@ fn start(
         .ok_or_else(|| setup_failure("no program to run"))?;
     let (reason_read, reason_write) = pipe().map_err(setup_failure)?;
     let reason_fd = reason_write.as_raw_fd();
+    let namespace = PidNamespaceForChildren::enter().map_err(setup_failure)?;
     let mut cmd = Command::new(program);
     cmd.args(args)
         .env_clear()
@@ -239,6 +243,7 @@ fn start(
         cmd.pre_exec(move || child::enter(&setup, reason_fd));
     }
     let spawned = cmd.spawn();
+    drop(namespace);
     drop(reason_write);
     let mut reason = String::new();
     let _ = std::fs::File::from(reason_read).read_to_string(&mut reason);
@@ -270,6 +275,42 @@ fn start(
                 reason: format!("cannot execute {program:?}: {e}{hint}"),
                 code,
             })
+        }
+    }
+}
+
+/// While it lives, init's children start in a new PID namespace (as its PID 1); dropped, they
+/// start in init's own again (`setns` to the namespace init was started in). The container is
+/// the only child made meanwhile.
+struct PidNamespaceForChildren {
+    own: OwnedFd,
+}
+
+impl PidNamespaceForChildren {
+    fn enter() -> Result<Self, String> {
+        let own = std::fs::File::open("/proc/self/ns/pid")
+            .map_err(|e| format!("/proc/self/ns/pid: {e}"))?;
+        // SAFETY: unshare has no pointer arguments.
+        if unsafe { libc::unshare(libc::CLONE_NEWPID) } != 0 {
+            return Err(format!(
+                "unshare(CLONE_NEWPID): {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(Self { own: own.into() })
+    }
+}
+
+impl Drop for PidNamespaceForChildren {
+    fn drop(&mut self) {
+        // SAFETY: `own` is an open namespace descriptor; setns has no pointer arguments.
+        if unsafe { libc::setns(self.own.as_raw_fd(), libc::CLONE_NEWPID) } != 0 {
+            // Later children (exec requests) would land in the container's namespace, and fail
+            // to fork once it has ended; say so on the console.
+            eprintln!(
+                "skiff-init: cannot return to init's PID namespace: {}",
+                std::io::Error::last_os_error()
+            );
         }
     }
 }

@@ -101,6 +101,8 @@ fn container_definition(index: usize, value: Value) -> Result<Value, EcsError> {
         "repositoryCredentials",
         "cpu",
         "memory",
+        "ulimits",
+        "dockerSecurityOptions",
     ] {
         if let Some(v) = f.value(key) {
             out.insert(key.into(), v);
@@ -128,6 +130,26 @@ fn container_definition(index: usize, value: Value) -> Result<Value, EcsError> {
             .collect::<Result<_, EcsError>>()?;
         out.insert("portMappings".into(), Value::Array(mappings));
     }
+    if let Some(params) = f.value("linuxParameters") {
+        let mut p = Fields::new(
+            &format!("containerDefinitions[{index}].linuxParameters"),
+            params,
+        )?;
+        let mut kept = serde_json::Map::new();
+        if let Some(caps) = p.value("capabilities") {
+            kept.insert("capabilities".into(), caps);
+        }
+        p.only_empty(&[
+            "initProcessEnabled",
+            "devices",
+            "sharedMemorySize",
+            "tmpfs",
+            "maxSwap",
+            "swappiness",
+        ])?;
+        p.finish()?;
+        out.insert("linuxParameters".into(), Value::Object(kept));
+    }
     // Logs are always kept (read them with `skiff logs` or /v1); labels and reservations are
     // recorded by ECS for schedulers Skiff does not have.
     f.ignore(&[
@@ -145,7 +167,6 @@ fn container_definition(index: usize, value: Value) -> Result<Value, EcsError> {
         "dependsOn",
         "secrets",
         "environmentFiles",
-        "ulimits",
         "extraHosts",
         "dnsServers",
         "dnsSearchDomains",
