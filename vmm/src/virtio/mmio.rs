@@ -666,10 +666,7 @@ mod tests {
         // guest kept refilling).
         let desc = RawDescriptor::from(SplitDescriptor::new(0x8_0000, 16, 0, 0));
         q.add_desc_chains(&[desc], 0).unwrap();
-        let (avail_idx, used_idx) = (
-            q.avail_addr().unchecked_add(2),
-            used_ring.unchecked_add(2),
-        );
+        let (avail_idx, used_idx) = (q.avail_addr().unchecked_add(2), used_ring.unchecked_add(2));
         const SUBMISSIONS: u32 = 200_000;
         let mem = f.mem.clone();
         let flooder = std::thread::spawn(move || {
