@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The project's test command: set-up (cached, so quick when nothing changed), format and lint
-# checks, a short fuzzing run of the virtio-blk request parser, then every test of the
+# checks, a short fuzzing run of every fuzz target (scripts/fuzz.sh), then every test of the
 # verification ladder: unit tests, tiny guests on /dev/kvm, the guest under QEMU TCG, and real
 # guests on skiff-vmm inside the nested test host. Ends with one "N passed, N failed" line.
 # Tests that need /dev/kvm or QEMU fail when those are missing, unless SKIFF_ALLOW_SKIP=1.
@@ -13,8 +13,8 @@ echo "test: cargo fmt --check"
 cargo fmt --all -- --check
 echo "test: cargo clippy"
 cargo clippy -q --workspace --all-targets -- -D warnings
-echo "test: fuzzing the virtio-blk request parser (20 s)"
-scripts/fuzz.sh 20
+echo "test: fuzzing each parser of untrusted input (15 s each)"
+scripts/fuzz.sh 15
 echo "test: cargo test"
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT

@@ -818,8 +818,8 @@ fn error_message(response: ureq::Response) -> String {
 }
 
 /// A `WWW-Authenticate` challenge: its scheme (lowercase) and its parameters (keys lowercase,
-/// quoted values unquoted).
-fn parse_challenge(header: &str) -> (String, BTreeMap<String, String>) {
+/// quoted values unquoted). Public for the fuzzer.
+pub fn parse_challenge(header: &str) -> (String, BTreeMap<String, String>) {
     let header = header.trim();
     let (scheme, rest) = header.split_once(' ').unwrap_or((header, ""));
     let mut params = BTreeMap::new();
