@@ -41,6 +41,9 @@
 #   evil     the busybox layer + a gzip layer of two raw entries named "../escaped" and
 #            "/../../escaped2" (content "escaped\n"): running it must fail cleanly, writing
 #            nothing outside the root. Config: Cmd ["sh"].
+#   caps     the busybox layer + a gzip layer with /capbin/grep, a copy of busybox (0755) carrying
+#            the file capability cap_net_raw+ep (xattr security.capability, VFS_CAP_REVISION_2)
+#            and user.skiff = "file-caps" (PAX SCHILY.xattr records). Config: Cmd ["sh"].
 #   large    the busybox layer + 4 gzip layers, each /data/ + /data/random-N (N = 1..4) of 55 MiB
 #            of pseudo-random bytes (seed N): about 220 MiB compressed. Config: Cmd ["sh"].
 set -euo pipefail
@@ -48,7 +51,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 cache=${SKIFF_CACHE:-$HOME/.cache/skiff}
 out=target/test-images
-images=(busybox httpd layers evil large)
+images=(busybox httpd layers evil caps large)
 say() { echo "test-images: $*"; }
 
 busybox_version=$(dpkg-query -W -f='${Version}' busybox-static 2>/dev/null) \
@@ -131,6 +134,14 @@ if [ ! -f "$cached/.complete" ]; then
     # evil
     mk evil "{\"Cmd\":[\"sh\"],\"Env\":[$path_env]}" "$base" \
         "gzip:,owner=0:0,raw=../escaped,raw=/../../escaped2"
+
+    # caps: cap_net_raw (bit 13) permitted and effective on a copy of busybox.
+    t="$trees/caps"
+    mkdir -p "$t/capbin" && chmod 0755 "$t/capbin"
+    install -m 0755 "$busybox" "$t/capbin/grep"
+    cap_net_raw_ep=0100000200200000000000000000000000000000
+    mk caps "{\"Cmd\":[\"sh\"],\"Env\":[$path_env]}" "$base" \
+        "gzip:$t,owner=0:0,xattr=capbin/grep:security.capability:$cap_net_raw_ep,xattr=capbin/grep:user.skiff:66696c652d63617073"
 
     # large: 4 x 55 MiB of incompressible bytes.
     t="$trees/large"

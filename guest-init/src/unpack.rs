@@ -10,6 +10,9 @@
 //! - Hard links must name a regular file already unpacked inside the root.
 //! - Modes, owners and mtimes are applied (directory mtimes last, as their children change them);
 //!   the mode after the owner, as a change of owner clears the set-user-ID and set-group-ID bits.
+//! - Extended attributes from PAX `SCHILY.xattr.NAME` records (`security.*` — file capabilities
+//!   —, `user.*`, `trusted.*`) are set last, as a change of owner also clears
+//!   `security.capability`; one the filesystem refuses (`user.*` on a symlink) is counted.
 
 use std::collections::HashSet;
 use std::ffi::CString;
@@ -23,6 +26,12 @@ const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 /// Symlinks followed while resolving one path.
 const MAX_LINK_HOPS: usize = 40;
+/// How a PAX record names an extended attribute (as GNU tar, Docker and containerd write it).
+const PAX_XATTR: &str = "SCHILY.xattr.";
+/// The attribute namespaces applied; others (`system.*`: ACLs) are skipped and counted.
+const XATTR_NAMESPACES: [&str; 3] = ["security.", "user.", "trusted."];
+/// At most this many attributes are applied to one entry (ext4 holds about a block's worth).
+const MAX_XATTRS_PER_ENTRY: usize = 64;
 
 pub use skiff_protocol::image_disk::Compression;
 
@@ -52,6 +61,10 @@ pub enum UnpackError {
 pub struct UnpackStats {
     pub entries: u64,
     pub whiteouts: u64,
+    /// Extended attributes set, and those skipped (namespace not applied, refused by the
+    /// filesystem, or beyond the per-entry bound).
+    pub xattrs: u64,
+    pub xattrs_skipped: u64,
 }
 
 /// The entry's path as relative components, refusing `..` and absolute paths.
@@ -191,6 +204,71 @@ fn set_mtime(path: &Path, mtime: u64) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The extended attributes a layer entry's PAX records carry, by name (skipped ones counted).
+fn xattrs_of<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    stats: &mut UnpackStats,
+) -> Result<Vec<(CString, Vec<u8>)>, UnpackError> {
+    let mut xattrs = Vec::new();
+    let Some(records) = entry.pax_extensions().map_err(UnpackError::Tar)? else {
+        return Ok(xattrs);
+    };
+    for record in records {
+        let record = record.map_err(UnpackError::Tar)?;
+        let Some(name) = record.key_bytes().strip_prefix(PAX_XATTR.as_bytes()) else {
+            continue;
+        };
+        let applied = XATTR_NAMESPACES
+            .iter()
+            .any(|ns| name.starts_with(ns.as_bytes()));
+        match CString::new(name) {
+            Ok(name) if applied && xattrs.len() < MAX_XATTRS_PER_ENTRY => {
+                xattrs.push((name, record.value_bytes().to_vec()))
+            }
+            _ => stats.xattrs_skipped += 1,
+        }
+    }
+    Ok(xattrs)
+}
+
+/// Sets `xattrs` on `path` (not following a symlink); what the filesystem refuses as unsupported
+/// or not permitted is counted as skipped.
+fn set_xattrs(
+    path: &Path,
+    xattrs: &[(CString, Vec<u8>)],
+    stats: &mut UnpackStats,
+) -> std::io::Result<()> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| std::io::Error::from(std::io::ErrorKind::InvalidInput))?;
+    for (name, value) in xattrs {
+        // SAFETY: `c` and `name` are NUL-terminated; `value` is valid for `value.len()` bytes.
+        let rc = unsafe {
+            libc::lsetxattr(
+                c.as_ptr(),
+                name.as_ptr(),
+                value.as_ptr().cast(),
+                value.len(),
+                0,
+            )
+        };
+        if rc == 0 {
+            stats.xattrs += 1;
+            continue;
+        }
+        let error = std::io::Error::last_os_error();
+        match error.raw_os_error() {
+            Some(libc::ENOTSUP | libc::EPERM) => stats.xattrs_skipped += 1,
+            _ => {
+                return Err(std::io::Error::new(
+                    error.kind(),
+                    format!("extended attribute {}: {error}", name.to_string_lossy()),
+                ))
+            }
+        }
+    }
+    Ok(())
+}
+
 /// A symlink made with the umask off: ext4 applies the process's umask to a new symlink's mode
 /// (which cannot be changed afterwards), and images expect `lrwxrwxrwx` as Docker gives them.
 /// The mask is process-wide: guest-init has no other thread creating files meanwhile.
@@ -233,6 +311,7 @@ pub fn unpack_layer(
         let mode = header.mode().unwrap_or(0o644) & 0o7777;
         let (uid, gid) = (header.uid().unwrap_or(0), header.gid().unwrap_or(0));
         let mtime = header.mtime().unwrap_or(0);
+        let xattrs = xattrs_of(&mut entry, &mut stats)?;
 
         // Whiteouts.
         if file_name == OPAQUE {
@@ -333,6 +412,10 @@ pub fn unpack_layer(
         // mode means nothing; a hard link shares its target's.) Also undoes mknod's umask.
         if !kind.is_symlink() && !kind.is_hard_link() {
             fs::set_permissions(&path, fs::Permissions::from_mode(mode)).map_err(io_err(&rel))?;
+        }
+        // Last: a change of owner clears security.capability. A hard link has its target's.
+        if !kind.is_hard_link() {
+            set_xattrs(&path, &xattrs, &mut stats).map_err(io_err(&rel))?;
         }
         this_layer.insert(rel);
         stats.entries += 1;
@@ -590,6 +673,49 @@ mod tests {
         assert!(m.file_type().is_symlink());
         assert_eq!(m.mtime(), 1_234_567, "the link's own mtime");
         assert_eq!(m.mode() & 0o777, 0o777, "no umask on the link");
+        fs::remove_dir_all(r).unwrap();
+    }
+
+    #[test]
+    fn extended_attributes_from_pax_records_are_set_and_the_rest_counted() {
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_gnu();
+        h.set_mode(0o755);
+        h.set_size(2);
+        h.set_cksum();
+        b.append_pax_extensions([
+            ("SCHILY.xattr.user.skiff", b"hello".as_slice()),
+            (
+                "SCHILY.xattr.system.posix_acl_access",
+                b"\x02\0\0\0".as_slice(),
+            ),
+            ("mtime", b"1000000".as_slice()),
+        ])
+        .unwrap();
+        b.append_data(&mut h, "bin/tool", &b"#!"[..]).unwrap();
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_pax_extensions([("SCHILY.xattr.user.on-a-link", b"x".as_slice())])
+            .unwrap();
+        b.append_link(&mut h, "bin/link", "tool").unwrap();
+        let r = root("xattrs");
+        let stats = unpack(&r, &b.into_inner().unwrap()).unwrap();
+        assert_eq!(stats.entries, 2);
+        // user.* on a symlink is refused by the kernel; system.* is not applied.
+        assert_eq!((stats.xattrs, stats.xattrs_skipped), (1, 2), "{stats:?}");
+        let path = CString::new(r.join("bin/tool").as_os_str().as_bytes()).unwrap();
+        let mut value = [0u8; 16];
+        // SAFETY: valid NUL-terminated strings and a buffer of `value.len()` bytes.
+        let len = unsafe {
+            libc::lgetxattr(
+                path.as_ptr(),
+                c"user.skiff".as_ptr(),
+                value.as_mut_ptr().cast(),
+                value.len(),
+            )
+        };
+        assert_eq!(&value[..usize::try_from(len).unwrap()], b"hello");
         fs::remove_dir_all(r).unwrap();
     }
 }

@@ -64,6 +64,8 @@ pub struct RootfsStats {
     pub layers: usize,
     pub entries: u64,
     pub whiteouts: u64,
+    pub xattrs: u64,
+    pub xattrs_skipped: u64,
 }
 
 /// Mounts the scratch disk and unpacks the image disk's layers onto it; returns the root.
@@ -106,16 +108,22 @@ pub fn unpack_image(device: &str, root: &Path) -> Result<RootfsStats, RootfsErro
     for (i, layer) in header.layers.iter().enumerate() {
         disk.seek(SeekFrom::Start(layer.offset)).map_err(disk_err)?;
         let blob = BufReader::with_capacity(LAYER_BUFFER, (&disk).take(layer.size));
-        let UnpackStats { entries, whiteouts } =
-            unpack::unpack_layer(root, blob, layer.compression, true).map_err(|source| {
-                RootfsError::Layer {
-                    index: i + 1,
-                    count,
-                    source,
-                }
-            })?;
+        let UnpackStats {
+            entries,
+            whiteouts,
+            xattrs,
+            xattrs_skipped,
+        } = unpack::unpack_layer(root, blob, layer.compression, true).map_err(|source| {
+            RootfsError::Layer {
+                index: i + 1,
+                count,
+                source,
+            }
+        })?;
         stats.entries += entries;
         stats.whiteouts += whiteouts;
+        stats.xattrs += xattrs;
+        stats.xattrs_skipped += xattrs_skipped;
     }
     Ok(stats)
 }

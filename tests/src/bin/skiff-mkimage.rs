@@ -16,6 +16,8 @@
 //!                   files in the tree and go in as such; modes, owners and mtimes are the files'
 //!     owner=UID:GID           every entry's owner instead of the files'
 //!     chown=PATH:UID:GID      the owner of PATH (relative to DIR), over `owner=`
+//!     xattr=PATH:NAME:HEX     an extended attribute of PATH (a PAX `SCHILY.xattr.NAME` record,
+//!                             as GNU tar and Docker write them), its value in hex
 //!     raw=NAME                after the tree, a regular file (0644, content "escaped\n") whose
 //!                             tar header names NAME byte for byte, even `../x` or `/../x`
 //!     random=PATH:BYTES:SEED  after the tree, a regular file (0644) of BYTES pseudo-random
@@ -95,6 +97,7 @@ struct LayerSpec {
     dir: Option<PathBuf>,
     owner: Option<(u64, u64)>,
     chown: BTreeMap<PathBuf, (u64, u64)>,
+    xattrs: BTreeMap<PathBuf, Vec<(String, Vec<u8>)>>,
     raw: Vec<Vec<u8>>,
     random: Vec<(String, u64, u64)>,
 }
@@ -126,6 +129,7 @@ impl LayerSpec {
             dir,
             owner: None,
             chown: BTreeMap::new(),
+            xattrs: BTreeMap::new(),
             raw: Vec::new(),
             random: Vec::new(),
         };
@@ -137,6 +141,15 @@ impl LayerSpec {
                 ("chown", [path, uid, gid]) => {
                     layer.chown.insert(PathBuf::from(path), owner(uid, gid)?);
                 }
+                ("xattr", [path, name, hex]) => {
+                    let value = hex_bytes(hex)
+                        .with_context(|| format!("layer {spec:?}: xattr value {hex:?}"))?;
+                    layer
+                        .xattrs
+                        .entry(PathBuf::from(path))
+                        .or_default()
+                        .push(((*name).to_owned(), value));
+                }
                 ("raw", _) if !value.is_empty() => layer.raw.push(value.as_bytes().to_vec()),
                 ("random", [path, bytes, seed]) => layer.random.push((
                     (*path).to_owned(),
@@ -145,7 +158,7 @@ impl LayerSpec {
                 )),
                 _ => bail!(
                     "layer {spec:?}: bad option {option:?} (owner=UID:GID, chown=PATH:UID:GID, \
-                     raw=NAME, random=PATH:BYTES:SEED)"
+                     xattr=PATH:NAME:HEX, raw=NAME, random=PATH:BYTES:SEED)"
                 ),
             }
         }
@@ -155,6 +168,19 @@ impl LayerSpec {
         );
         Ok(layer)
     }
+}
+
+/// Bytes from hex digits.
+fn hex_bytes(hex: &str) -> Result<Vec<u8>> {
+    ensure!(hex.len() % 2 == 0, "an odd number of hex digits");
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| {
+            hex.get(i..i + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .ok_or_else(|| anyhow!("not hex"))
+        })
+        .collect()
 }
 
 /// Counts and hashes what passes through to `inner`.
@@ -273,6 +299,15 @@ impl<W: Write> TarWriter<'_, W> {
             let mut h = self.header(&rel, Some(&meta));
             let kind = meta.file_type();
             let what = || format!("archiving {}", path.display());
+            if let Some(xattrs) = self.spec.xattrs.get(&rel) {
+                let records: Vec<(String, &[u8])> = xattrs
+                    .iter()
+                    .map(|(name, value)| (format!("SCHILY.xattr.{name}"), value.as_slice()))
+                    .collect();
+                self.builder
+                    .append_pax_extensions(records.iter().map(|(k, v)| (k.as_str(), *v)))
+                    .with_context(what)?;
+            }
             if kind.is_dir() {
                 h.set_entry_type(tar::EntryType::Directory);
                 self.builder
@@ -682,6 +717,59 @@ mod tests {
         ] {
             assert!(LayerSpec::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn xattrs_go_in_as_pax_records_before_their_entry() {
+        let t = temp("xattr");
+        fs::create_dir_all(t.join("bin")).unwrap();
+        fs::write(t.join("bin/tool"), "#!").unwrap();
+        let spec = LayerSpec::parse(&format!(
+            "none:{},xattr=bin/tool:security.capability:0100000200200000,xattr=bin/tool:user.a:6869",
+            t.display()
+        ))
+        .unwrap();
+        assert!(
+            LayerSpec::parse("none:/x,xattr=a:user.b:6").is_err(),
+            "odd hex"
+        );
+        assert!(
+            LayerSpec::parse("none:/x,xattr=a:user.b:zz").is_err(),
+            "not hex"
+        );
+        let tar_data = write_tar(&spec, None, Vec::new()).unwrap();
+        let mut archive = tar::Archive::new(tar_data.as_slice());
+        let mut found = Vec::new();
+        for entry in archive.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let path = entry.path().unwrap().into_owned();
+            if let Some(records) = entry.pax_extensions().unwrap() {
+                for record in records {
+                    let record = record.unwrap();
+                    found.push((
+                        path.clone(),
+                        record.key().unwrap().to_owned(),
+                        record.value_bytes().to_vec(),
+                    ));
+                }
+            }
+        }
+        assert_eq!(
+            found,
+            [
+                (
+                    PathBuf::from("bin/tool"),
+                    "SCHILY.xattr.security.capability".to_owned(),
+                    vec![1, 0, 0, 2, 0, 0x20, 0, 0]
+                ),
+                (
+                    PathBuf::from("bin/tool"),
+                    "SCHILY.xattr.user.a".to_owned(),
+                    b"hi".to_vec()
+                ),
+            ]
+        );
+        fs::remove_dir_all(t).unwrap();
     }
 
     #[test]
