@@ -63,6 +63,12 @@ fn run() -> Result<u8, Box<dyn std::error::Error>> {
 }
 
 fn main() {
+    // The same binary is a container's init process when the task asks for one (it then runs in
+    // the container, unprivileged: nothing of PID 1's below applies).
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if let Some(argv) = container::init_process::requested(&args) {
+        std::process::exit(container::init_process::run(argv));
+    }
     // First action: the boot timer stops here.
     let ported = host_port::enable();
     host_port::report_boot();

@@ -57,7 +57,7 @@
 //! | 7 | [`Signal`](Message::Signal) | host -> guest | `id: u32`, `signal: i32` |
 //! | 8 | [`Error`](Message::Error) | either | `id: u32`, `message: string` |
 //! | 9 | [`Shutdown`](Message::Shutdown) | host -> guest | (empty) |
-//! | 10 | [`RunContainer`](Message::RunContainer) | host -> guest | `id: u32`, `image_device: string`, `scratch_device: string`, `argv: string list`, `env: string list`, `cwd: string`, `user: string`, `hostname: string`, `stop_timeout_ms: u32`, `capabilities: u64`, `no_new_privileges: u8` (0 or 1), `ulimits: u32 count, then per limit resource: u32, soft: u64, hard: u64` |
+//! | 10 | [`RunContainer`](Message::RunContainer) | host -> guest | `id: u32`, `image_device: string`, `scratch_device: string`, `argv: string list`, `env: string list`, `cwd: string`, `user: string`, `hostname: string`, `stop_timeout_ms: u32`, `capabilities: u64`, `no_new_privileges: u8` (0 or 1), `ulimits: u32 count, then per limit resource: u32, soft: u64, hard: u64`, `init_process: u8` (0 or 1) |
 //! | 11 | [`Stop`](Message::Stop) | host -> guest | `id: u32` |
 //! | 12 | [`Started`](Message::Started) | guest -> host | `id: u32`, `boot_ms: u64` |
 //!

@@ -81,6 +81,10 @@ pub struct ContainerSpec {
     pub stop_timeout_ms: u32,
     /// Its capabilities, `no_new_privs` and resource limits.
     pub privileges: Privileges,
+    /// Whether an init process of guest-init's runs the program as its child (PID 1 of the
+    /// container forwards signals and reaps orphans), as `docker run --init` and ECS's
+    /// `initProcessEnabled`; otherwise the program is PID 1 itself.
+    pub init_process: bool,
 }
 
 /// One protocol message. See the crate documentation for directions and encodings.
@@ -238,7 +242,8 @@ impl Message {
                 .saturating_add(wire::bytes_len(spec.user.as_bytes()))
                 .saturating_add(wire::bytes_len(spec.hostname.as_bytes()))
                 .saturating_add(4 + 8 + 1 + 4)
-                .saturating_add(spec.privileges.ulimits.len().saturating_mul(4 + 8 + 8)),
+                .saturating_add(spec.privileges.ulimits.len().saturating_mul(4 + 8 + 8))
+                .saturating_add(1),
             Message::Stop { .. } => 4,
             Message::Started { .. } => 4 + 8,
         };
@@ -351,6 +356,7 @@ impl Message {
                     wire::put_u64(out, limit.soft);
                     wire::put_u64(out, limit.hard);
                 }
+                wire::put_u8(out, u8::from(spec.init_process));
             }
             Message::Stop { id } => wire::put_u32(out, *id),
             Message::Started { id, boot_ms } => {
@@ -439,6 +445,7 @@ impl Message {
                     hostname: r.string("RunContainer.hostname")?,
                     stop_timeout_ms: r.u32("RunContainer.stop_timeout_ms")?,
                     privileges: read_privileges(&mut r)?,
+                    init_process: read_flag(&mut r, "RunContainer.init_process")?,
                 },
             },
             ty::STOP => Message::Stop {
@@ -456,19 +463,22 @@ impl Message {
     }
 }
 
+/// A flag: 0 or 1.
+fn read_flag(r: &mut Reader<'_>, field: &'static str) -> Result<bool, ProtocolError> {
+    match r.u8(field)? {
+        0 => Ok(false),
+        1 => Ok(true),
+        value => Err(ProtocolError::InvalidValue {
+            field,
+            value: u32::from(value),
+        }),
+    }
+}
+
 /// `RunContainer`'s privileges: a flag of 0 or 1, and at most one limit per known resource.
 fn read_privileges(r: &mut Reader<'_>) -> Result<Privileges, ProtocolError> {
     let capabilities = r.u64("RunContainer.capabilities")?;
-    let no_new_privileges = match r.u8("RunContainer.no_new_privileges")? {
-        0 => false,
-        1 => true,
-        value => {
-            return Err(ProtocolError::InvalidValue {
-                field: "RunContainer.no_new_privileges",
-                value: u32::from(value),
-            })
-        }
-    };
+    let no_new_privileges = read_flag(r, "RunContainer.no_new_privileges")?;
     let count = r.u32("RunContainer.ulimits")?;
     if count as usize > RESOURCE_LIMITS.len() {
         return Err(ProtocolError::InvalidValue {
@@ -578,6 +588,7 @@ pub(crate) mod tests {
                     hostname: "task-1".into(),
                     stop_timeout_ms: 10_000,
                     privileges: Privileges::default(),
+                    init_process: false,
                 },
             },
             Message::RunContainer {
@@ -596,6 +607,7 @@ pub(crate) mod tests {
                         no_new_privileges: false,
                         ulimits: vec![],
                     },
+                    init_process: true,
                 },
             },
             Message::Stop { id: 9 },

@@ -30,6 +30,7 @@ fn request(id: &str) -> StartRequest {
         stop_timeout_s: 2,
         jail_uid: 100_000,
         privileges: Default::default(),
+        init_process: false,
     }
 }
 

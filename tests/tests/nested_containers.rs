@@ -35,7 +35,7 @@ fn containers_run_from_images_in_their_own_microvms() {
         .collect();
     needs.push(Need::Artefact(Artefact::Probe));
     needs.push(Need::Artefact(Artefact::SkiffJailer));
-    for image in ["busybox", "layers", "evil", "httpd"] {
+    for image in ["busybox", "layers", "evil", "httpd", "caps"] {
         needs.push(Need::Artefact(Artefact::TestImage(image)));
     }
     needs.push(Need::Program("qemu-system-x86_64"));
@@ -44,7 +44,7 @@ fn containers_run_from_images_in_their_own_microvms() {
         return;
     }
     let store = workspace_root().join(format!("target/nested/containers-{}", std::process::id()));
-    import_test_images(&store, &["busybox", "layers", "evil", "httpd"]).unwrap();
+    import_test_images(&store, &["busybox", "layers", "evil", "httpd", "caps"]).unwrap();
     let mut host = container_host(&store).unwrap();
     host.file("bin/skiff-probe", &Artefact::Probe.path())
         .unwrap();
@@ -62,7 +62,7 @@ fn containers_run_from_images_in_their_own_microvms() {
             // out of reach, and a signal it has no handler for does not end it.
             format!(
                 "run {bb} -- sh -c 'echo pid=$$; kill -9 $$; kill -9 -1; \
-                 for p in /proc/[0-9]*; do cat $p/comm; done 2>/dev/null | grep -c skiff-init; \
+                 cat /proc/[0-9]*/comm 2>/dev/null | grep -cx -e init -e kthreadd; \
                  echo survived'"
             ),
         ),
@@ -131,6 +131,29 @@ fn containers_run_from_images_in_their_own_microvms() {
                 ),
             ),
         ),
+        (
+            "init",
+            // Under an init process (--init) the program is PID 2: SIGTERM reaches it, orphans
+            // are reaped, and the task ends as the program did.
+            stop_case(
+                "/tmp/stop3",
+                &format!(
+                    "{bb} --init -- sh -c 'echo pid=$$ $(cat /proc/1/comm); (sleep 0.2 &); sleep 1; \
+                     echo zombies $(cat /proc/[0-9]*/stat 2>/dev/null | grep -c \" Z \"); \
+                     echo ready; sleep 1000'"
+                ),
+            ),
+        ),
+        ("init-missing", format!("run {bb} --init -- no-such-program")),
+        (
+            "file-caps",
+            // A file capability from the layer's xattrs (cap_net_raw+ep on a busybox copy),
+            // granted to user 1000 only when no_new_privs is off.
+            "run --image caps:latest -u 1000 --security-opt no-new-privileges=false -- \
+             /capbin/grep CapEff /proc/self/status\n\
+             run --image caps:latest -u 1000 -- /capbin/grep CapEff /proc/self/status"
+                .into(),
+        ),
         ("evil", "run --image evil:latest -- true".into()),
         (
             "jailed",
@@ -147,7 +170,7 @@ fn containers_run_from_images_in_their_own_microvms() {
             "httpd",
             "ip link set lo up; skiff-probe tap-add tap0 && ip addr add 172.16.0.1/30 dev tap0 \
              && ip link set tap0 up\n\
-             $SKIFF_RUN --image httpd:latest --stop-timeout 2 --hostname web --tap tap0 --ip 172.16.0.2/30 \
+             $SKIFF_RUN --image httpd:latest --init --hostname web --tap tap0 --ip 172.16.0.2/30 \
              --gateway 172.16.0.1 > /tmp/httpd.log 2>&1 &\n\
              p=$!; i=0\n\
              until wget -q -O /tmp/page http://172.16.0.2:8080/ 2>/dev/null || [ $i -ge 600 ]; do \
@@ -169,7 +192,11 @@ fn containers_run_from_images_in_their_own_microvms() {
     assert_eq!(case("hello"), ("hello\n".into(), 0));
     assert_eq!(case("exit3").1, 3, "{console}");
     let (out, status) = case("pid-1");
-    assert_eq!((out.as_str(), status), ("pid=1\n0\nsurvived\n", 0), "{console}");
+    assert_eq!(
+        (out.as_str(), status),
+        ("pid=1\n0\nsurvived\n", 0),
+        "{console}"
+    );
 
     // Docker's default capabilities, no new privileges and 65535 open files; --cap-add,
     // --cap-drop, --ulimit and --security-opt change them; a user other than root has none.
@@ -200,7 +227,10 @@ fn containers_run_from_images_in_their_own_microvms() {
         ["CapEff:\t0000000000000000", "CapBnd:\t00000000a80425fb"],
         "{out}"
     );
-    assert!(out.contains("NO_SUCH_CAP") && out.ends_with("status=125\n"), "{out}");
+    assert!(
+        out.contains("NO_SUCH_CAP") && out.ends_with("status=125\n"),
+        "{out}"
+    );
     let (out, status) = case("missing");
     assert_eq!(status, 127, "{out}");
     assert!(out.contains("\"no-such-program\""), "{out}");
@@ -263,11 +293,28 @@ fn containers_run_from_images_in_their_own_microvms() {
     assert_eq!(status, 128 + 9, "{out}");
     assert!(out.contains("killed with SIGKILL"), "{out}");
 
-    // busybox httpd in the container served the page over the task's tap. As PID 1 with no
-    // SIGTERM handler it ignores SIGTERM (as under Docker): the stop timeout ended it.
+    // busybox httpd in the container served the page over the task's tap; under --init,
+    // SIGTERM ended it (as PID 1 it would have ignored it, as under Docker).
     let (out, status) = case("httpd");
     assert!(out.starts_with("hello from skiff httpd\n"), "{out}");
-    assert_eq!(status, 128 + 9, "{out}");
+    assert_eq!(status, 128 + 15, "{out}");
+
+    let (out, status) = case("init");
+    assert_eq!(status, 128 + 15, "{out}");
+    assert!(
+        out.starts_with("pid=2 skiff-init\nzombies 0\nready\n"),
+        "{out}"
+    );
+    let (out, status) = case("file-caps");
+    assert_eq!(status, 0, "{out}");
+    assert_eq!(
+        out, "CapEff:\t0000000000002000\nCapEff:\t0000000000000000\n",
+        "{console}"
+    );
+
+    let (out, status) = case("init-missing");
+    assert_eq!(status, 127, "{out}");
+    assert!(out.contains("\"no-such-program\""), "{out}");
 
     // The same task with its VMM in a jail (relocated disks, vsock socket and console log; the
     // control channel reached from inside the jail), all of it removed afterwards.

@@ -112,6 +112,10 @@ struct Args {
     /// no-new-privileges=false lets setuid programs and file capabilities work (on by default).
     #[arg(long, value_name = "no-new-privileges[=BOOL]", value_parser = privileges::parse_security_opt)]
     security_opt: Vec<bool>,
+    /// Run the program under an init process that forwards signals and reaps orphans (as
+    /// `docker run --init`); otherwise the program is PID 1 of the container.
+    #[arg(long)]
+    init: bool,
     /// Print the task's timings and the VMM's peak memory to stderr at the end.
     #[arg(long)]
     timings: bool,
@@ -217,6 +221,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
             no_new_privileges: args.security_opt.last().copied().unwrap_or(true),
             ulimits: args.ulimit,
         },
+        init_process: args.init,
         boot_timeout: seconds("--boot-timeout", args.boot_timeout)?,
         vmm: args.vmm.unwrap_or_else(default_vmm),
         kernel: args.kernel,

@@ -282,6 +282,10 @@ struct RunArgs {
     /// no-new-privileges=false lets setuid programs and file capabilities work (on by default).
     #[arg(long, value_name = "no-new-privileges[=BOOL]")]
     security_opt: Vec<String>,
+    /// Run the program under an init process that forwards signals and reaps orphans;
+    /// otherwise the program is PID 1 of the container.
+    #[arg(long)]
+    init: bool,
     /// The command (replaces the image's Cmd).
     #[arg(last = true)]
     command: Vec<String>,
@@ -300,6 +304,7 @@ async fn run(c: &Client, json_out: bool, args: RunArgs) -> anyhow::Result<i32> {
         cap_drop,
         ulimit,
         security_opt,
+        init,
         command,
     } = args;
     let family = name.unwrap_or_else(|| family_for(&image));
@@ -333,8 +338,15 @@ async fn run(c: &Client, json_out: bool, args: RunArgs) -> anyhow::Result<i32> {
             capabilities.insert(key.into(), json!(list));
         }
     }
+    let mut linux_parameters = serde_json::Map::new();
     if !capabilities.is_empty() {
-        container["linuxParameters"] = json!({"capabilities": capabilities});
+        linux_parameters.insert("capabilities".into(), Value::Object(capabilities));
+    }
+    if init {
+        linux_parameters.insert("initProcessEnabled".into(), json!(true));
+    }
+    if !linux_parameters.is_empty() {
+        container["linuxParameters"] = Value::Object(linux_parameters);
     }
     if !ulimit.is_empty() {
         container["ulimits"] = ulimit

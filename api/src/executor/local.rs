@@ -131,6 +131,7 @@ impl LocalExecutor {
             ephemeral_storage: u64::from(r.ephemeral_gib) << 30,
             stop_timeout: Duration::from_secs(u64::from(r.stop_timeout_s)),
             privileges: r.privileges.clone(),
+            init_process: r.init_process,
             boot_timeout: self.settings.boot_timeout,
             vmm: self.settings.vmm.clone(),
             kernel: self.settings.kernel.clone(),

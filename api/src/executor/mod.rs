@@ -64,6 +64,8 @@ pub struct StartRequest {
     pub jail_uid: u32,
     /// What the container's process may do.
     pub privileges: privileges::PrivilegeSettings,
+    /// Whether an init process runs the program (`--init`, `initProcessEnabled`).
+    pub init_process: bool,
 }
 
 /// What is known of a task's monitor without talking to it.

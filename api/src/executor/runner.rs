@@ -123,6 +123,9 @@ pub struct TaskConfig {
     /// What the container's process may do (Docker's defaults when absent).
     #[serde(default)]
     pub privileges: PrivilegeSettings,
+    /// Whether an init process runs the program, which is PID 1 of the container otherwise.
+    #[serde(default)]
+    pub init_process: bool,
     /// How long guest-init may take to connect.
     pub boot_timeout: Duration,
     /// The VMM binary, guest kernel and initramfs (with guest-init).
@@ -303,6 +306,7 @@ pub fn container_spec(task: &TaskConfig, image: &RunConfig) -> Result<ContainerS
         hostname: task.hostname.clone(),
         stop_timeout_ms: u32::try_from(task.stop_timeout.as_millis()).unwrap_or(u32::MAX),
         privileges: task.privileges.resolve()?,
+        init_process: task.init_process,
     })
 }
 
@@ -764,6 +768,7 @@ mod tests {
             ephemeral_storage: scratch_disk::DEFAULT_SIZE,
             stop_timeout: Duration::from_secs(10),
             privileges: PrivilegeSettings::default(),
+            init_process: false,
             boot_timeout: Duration::from_secs(60),
             vmm: PathBuf::new(),
             kernel: PathBuf::new(),

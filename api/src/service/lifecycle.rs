@@ -124,6 +124,7 @@ fn start_request(service: &Service<impl Executor>, task: &Task) -> Result<StartR
             .unwrap_or(super::validate::DEFAULT_STOP_TIMEOUT),
         jail_uid: task.jail_uid,
         privileges: container.privileges()?,
+        init_process: container.init_process(),
     })
 }
 

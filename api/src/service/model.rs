@@ -222,6 +222,10 @@ pub struct ContainerDefinition {
 pub struct LinuxParameters {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub capabilities: Option<KernelCapabilities>,
+    /// An init process runs the program as its child (forwarding signals, reaping orphans);
+    /// otherwise the program is PID 1 of the container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_process_enabled: Option<bool>,
 }
 
 /// `linuxParameters.capabilities`: names as in capabilities(7) without `CAP_`, or `ALL`.
@@ -244,6 +248,14 @@ pub struct Ulimit {
 }
 
 impl ContainerDefinition {
+    /// Whether the program runs under an init process (`linuxParameters.initProcessEnabled`).
+    pub fn init_process(&self) -> bool {
+        self.linux_parameters
+            .as_ref()
+            .and_then(|p| p.init_process_enabled)
+            .unwrap_or(false)
+    }
+
     /// What the container's process may do, by name (checked by [`PrivilegeSettings::resolve`]).
     pub fn privileges(&self) -> Result<PrivilegeSettings, String> {
         let caps = self

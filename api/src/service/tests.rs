@@ -605,3 +605,70 @@ fn listings_page_with_a_next_token() {
     assert_eq!((tasks.len(), more.len(), last), (2, 1, None));
     assert!(!tasks.iter().any(|t| t.task_id == more[0].task_id));
 }
+
+#[test]
+fn a_definitions_process_settings_reach_the_executor_and_bad_ones_are_refused() {
+    let fake = Fake::default();
+    let svc = service(fake.clone());
+    let a = Tenant::unlimited("a");
+    let input = serde_json::from_value(serde_json::json!({
+        "family": "echo",
+        "containerDefinitions": [{"name": "app", "image": "busybox:latest",
+            "linuxParameters": {"capabilities": {"add": ["NET_ADMIN"], "drop": ["MKNOD"]},
+                "initProcessEnabled": true},
+            "ulimits": [{"name": "nofile", "softLimit": 1024, "hardLimit": 2048}],
+            "dockerSecurityOptions": ["no-new-privileges=false"]}]
+    }))
+    .unwrap();
+    svc.register_task_definition(&a, input).unwrap();
+    let task = run(&svc, &a).unwrap().remove(0);
+    wait_for(&svc, &a, &task.task_id, TaskStatus::Running);
+    let started = fake.state.0.lock().unwrap().started[&task.task_id].clone();
+    assert!(started.init_process);
+    assert_eq!(started.privileges.cap_add, ["NET_ADMIN"]);
+    assert_eq!(started.privileges.cap_drop, ["MKNOD"]);
+    assert!(!started.privileges.no_new_privileges);
+    assert_eq!(started.privileges.ulimits.len(), 1);
+    fake.finish(&task.task_id, 0);
+    wait_for(&svc, &a, &task.task_id, TaskStatus::Stopped);
+
+    // Without them: no init process, no_new_privs on.
+    register(&svc, &a, "busybox:latest");
+    let task = run(&svc, &a).unwrap().remove(0);
+    wait_for(&svc, &a, &task.task_id, TaskStatus::Running);
+    let started = fake.state.0.lock().unwrap().started[&task.task_id].clone();
+    assert!(!started.init_process && started.privileges.no_new_privileges);
+
+    for (field, value, named) in [
+        (
+            "linuxParameters",
+            serde_json::json!({"capabilities": {"add": ["NO_SUCH_CAP"]}}),
+            "NO_SUCH_CAP",
+        ),
+        (
+            "ulimits",
+            serde_json::json!([{"name": "nofile", "softLimit": 9, "hardLimit": 1}]),
+            "nofile",
+        ),
+        (
+            "dockerSecurityOptions",
+            serde_json::json!(["seccomp=unconfined"]),
+            "seccomp",
+        ),
+    ] {
+        let mut container = serde_json::json!({"name": "app", "image": "busybox:latest"});
+        container[field] = value;
+        let input = serde_json::from_value(
+            serde_json::json!({"family": "bad", "containerDefinitions": [container]}),
+        )
+        .unwrap();
+        match svc.register_task_definition(&a, input) {
+            Err(ServiceError::Invalid(invalid)) => {
+                let message = invalid.to_string();
+                assert!(message.contains(named), "{field}: {message}")
+            }
+            other => panic!("{field}: {other:?}"),
+        }
+    }
+    assert!(svc.task_definition(&a, "bad").is_err(), "nothing stored");
+}

@@ -1,5 +1,5 @@
 //! Running a container task: guest-init builds the root filesystem from the image disk onto the
-//! scratch disk, writes the files the runtime owns, starts the process as PID 1 of a PID
+//! scratch disk, writes the files the runtime owns, starts the process (or an init process of ours that runs it, when the task asks) as PID 1 of a PID
 //! namespace of its own (guest-init is out of its sight and reach, as Kata keeps its agent) and
 //! in its own mount namespace after `pivot_root`, with the task's capabilities and limits, and
 //! supervises it — its stdout and stderr go to the host as they
@@ -8,6 +8,7 @@
 //! process ends, whatever it left running is killed (the task is the VM).
 
 mod child;
+pub mod init_process;
 mod rootfs;
 mod user;
 
@@ -135,8 +136,8 @@ fn prepare(
     let (root, stats) =
         rootfs::build(&spec.image_device, &spec.scratch_device).map_err(setup_failure)?;
     println!(
-        "skiff-init: unpacked {} layers ({} entries, {} whiteouts)",
-        stats.layers, stats.entries, stats.whiteouts
+        "skiff-init: unpacked {} layers ({} entries, {} whiteouts, {} extended attributes, {} skipped)",
+        stats.layers, stats.entries, stats.whiteouts, stats.xattrs, stats.xattrs_skipped
     );
     let passwd = rootfs::read_image_file(&root, "etc/passwd");
     let group = rootfs::read_image_file(&root, "etc/group");
@@ -230,8 +231,26 @@ fn start(
         .ok_or_else(|| setup_failure("no program to run"))?;
     let (reason_read, reason_write) = pipe().map_err(setup_failure)?;
     let reason_fd = reason_write.as_raw_fd();
+    // With an init process, this binary runs in the container (by descriptor: it is not in the
+    // container's root) and starts the program as its child.
+    let init_binary =
+        match spec.init_process {
+            true => Some(std::fs::File::open("/proc/self/exe").map_err(|e| {
+                setup_failure(format!("opening skiff-init for the init process: {e}"))
+            })?),
+            false => None,
+        };
     let namespace = PidNamespaceForChildren::enter().map_err(setup_failure)?;
-    let mut cmd = Command::new(program);
+    let mut cmd = match &init_binary {
+        Some(binary) => {
+            let mut cmd = Command::new(format!("/proc/self/fd/{}", binary.as_raw_fd()));
+            cmd.arg0("skiff-init")
+                .args([init_process::FLAG, "--"])
+                .arg(program);
+            cmd
+        }
+        None => Command::new(program),
+    };
     cmd.args(args)
         .env_clear()
         .envs(env)

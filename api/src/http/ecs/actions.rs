@@ -139,8 +139,10 @@ fn container_definition(index: usize, value: Value) -> Result<Value, EcsError> {
         if let Some(caps) = p.value("capabilities") {
             kept.insert("capabilities".into(), caps);
         }
+        if let Some(init) = p.value("initProcessEnabled") {
+            kept.insert("initProcessEnabled".into(), init);
+        }
         p.only_empty(&[
-            "initProcessEnabled",
             "devices",
             "sharedMemorySize",
             "tmpfs",
