@@ -81,7 +81,7 @@ for i in \$(seq $runs); do
         | sed -n 's/^bench launch 1 running \([0-9]*\) stopped \([0-9]*\)/bench api running \1\nbench api stopped \2/p'
 done
 for c in 1 5 10; do /skiff/skiff-apibench launch --clients \$c --tasks $launches busybox:latest -- true | grep -E '^bench (rate|failures)'; done
-ID=\$(/skiff/skiff run -d busybox:latest -- sleep 600)
+ID=\$(/skiff/skiff run -d --init busybox:latest -- sleep 600)
 /skiff/skiff wait --status RUNNING \$ID > /dev/null
 echo bench rss monitor \$(grep VmRSS /proc/\$(pid_of "skiff-monitor --task-dir /data/tasks/\$ID")/status | awk '{print \$2}')
 /skiff/skiff-apibench describe --clients 4 --requests 2000 \$ID
