@@ -8,6 +8,7 @@
 //! whatever else runs in the namespace.
 
 use std::ffi::OsString;
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 /// The argument that selects this mode of the binary.
@@ -73,17 +74,28 @@ fn supervise(argv: &[OsString]) -> Result<i32, Failure> {
         message: format!("blocking signals: {e}"),
         code: NOT_EXECUTABLE,
     })?;
-    // Rust's Command starts the child with an empty signal mask.
-    let child = Command::new(program)
-        .args(args)
-        .spawn()
-        .map_err(|e| Failure {
-            code: match e.raw_os_error() {
-                Some(libc::ENOENT) => NOT_FOUND,
-                _ => NOT_EXECUTABLE,
-            },
-            message: format!("cannot execute {program:?}: {e}"),
-        })?;
+    let mut command = Command::new(program);
+    command.args(args);
+    // The child must not inherit the blocked set (Rust's Command keeps the parent's mask): a
+    // program with SIGTERM blocked would sit out every stop.
+    // SAFETY: sigprocmask is async-signal-safe; `empty` is initialised by sigemptyset.
+    unsafe {
+        command.pre_exec(|| {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = command.spawn().map_err(|e| Failure {
+        code: match e.raw_os_error() {
+            Some(libc::ENOENT) => NOT_FOUND,
+            _ => NOT_EXECUTABLE,
+        },
+        message: format!("cannot execute {program:?}: {e}"),
+    })?;
     let pid = child.id() as libc::pid_t;
     loop {
         // SAFETY: `info` is written by sigwaitinfo; `signals` is an initialised set.

@@ -335,8 +335,8 @@ impl Drop for PidNamespaceForChildren {
 }
 
 /// A signalfd for SIGCHLD, SIGTERM and SIGINT, which are blocked so that they arrive only there
-/// (and stay blocked in init afterwards; its children start with an empty mask, as Rust's
-/// `Command` resets it).
+/// (and stay blocked in init afterwards; the container's process empties its mask itself before
+/// exec, in `child::enter`, as Rust's `Command` keeps the parent's).
 fn signal_fd() -> std::io::Result<OwnedFd> {
     // SAFETY: `set` is initialised by sigemptyset before use; the calls take valid pointers.
     unsafe {
