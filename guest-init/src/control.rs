@@ -173,7 +173,9 @@ fn spawn(argv: &[String], env: &[String], cwd: &str) -> std::io::Result<Child> {
         .split_first()
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "empty argv"))?;
     let mut cmd = Command::new(program);
-    cmd.args(args).env_clear();
+    crate::process::with_empty_signal_mask(&mut cmd)
+        .args(args)
+        .env_clear();
     if !env.iter().any(|e| e.starts_with("PATH=")) {
         cmd.env(
             "PATH",

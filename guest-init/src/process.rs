@@ -1,6 +1,7 @@
 //! Running a program as init's child. As PID 1, init also reaps every orphan that is reparented
 //! to it while it waits.
 
+use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 /// Errors running a program.
@@ -12,6 +13,23 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// Makes `command`'s child start with no signal blocked: Rust's `Command` keeps the parent's
+/// mask, and init blocks the signals it takes from a signalfd (or, as a container's init process,
+/// with sigwaitinfo). A program started with SIGTERM blocked would sit out every stop.
+pub fn with_empty_signal_mask(command: &mut Command) -> &mut Command {
+    // SAFETY: sigemptyset and sigprocmask are async-signal-safe and only touch `empty`.
+    unsafe {
+        command.pre_exec(|| {
+            let mut empty: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut empty);
+            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    }
 }
 
 /// The shell convention for a status: the exit code, or 128 + the signal that killed it.
@@ -27,7 +45,7 @@ pub fn exit_status_byte(wait_status: libc::c_int) -> u8 {
 
 /// Runs `path` with the console as its stdio; returns its exit status (128 + signal if killed).
 pub fn run(path: &str) -> Result<u8, RunError> {
-    let child = Command::new(path)
+    let child = with_empty_signal_mask(&mut Command::new(path))
         .env_clear()
         .env(
             "PATH",

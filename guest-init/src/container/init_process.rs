@@ -8,8 +8,9 @@
 //! whatever else runs in the namespace.
 
 use std::ffi::OsString;
-use std::os::unix::process::CommandExt;
 use std::process::Command;
+
+use crate::process::with_empty_signal_mask;
 
 /// The argument that selects this mode of the binary.
 pub const FLAG: &str = "--container-init";
@@ -75,20 +76,8 @@ fn supervise(argv: &[OsString]) -> Result<i32, Failure> {
         code: NOT_EXECUTABLE,
     })?;
     let mut command = Command::new(program);
-    command.args(args);
-    // The child must not inherit the blocked set (Rust's Command keeps the parent's mask): a
-    // program with SIGTERM blocked would sit out every stop.
-    // SAFETY: sigprocmask is async-signal-safe; `empty` is initialised by sigemptyset.
-    unsafe {
-        command.pre_exec(|| {
-            let mut empty: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut empty);
-            if libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    // Not with the set this process blocks to wait on.
+    with_empty_signal_mask(&mut command).args(args);
     let child = command.spawn().map_err(|e| Failure {
         code: match e.raw_os_error() {
             Some(libc::ENOENT) => NOT_FOUND,
